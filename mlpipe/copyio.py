@@ -1,0 +1,100 @@
+"""Bulk I/O with COPY: query results out as Arrow tables, predictions in as binary COPY."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import psycopg
+from psycopg import sql
+
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_BINARY_TRAILER = struct.pack(">h", -1)
+_WRITE_BLOCK = 1 << 20
+
+
+def copy_out(conn: psycopg.Connection, query: sql.Composable, params: dict, types: dict[str, pa.DataType]) -> pa.Table:
+    """Run `query` through COPY ... TO STDOUT (CSV) and parse it with Arrow in C++, typed by `types`.
+
+    Streams from the server into one buffer: memory follows the result size, so callers pass
+    bounded queries (one key range per chunk)."""
+    statement = sql.SQL("copy ({}) to stdout (format csv, header true)").format(query)
+    buffer = io.BytesIO()
+    with conn.cursor().copy(statement, params) as copy:
+        for block in copy:
+            buffer.write(block)
+    buffer.seek(0)
+    if buffer.getbuffer().nbytes == 0:
+        return pa.table({name: pa.array([], type=t) for name, t in types.items()})
+    return pacsv.read_csv(
+        buffer,
+        read_options=pacsv.ReadOptions(block_size=1 << 24),
+        # A one-column result writes NULL as an empty line: it is a row, not nothing.
+        parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types,
+            null_values=[""],
+            true_values=["t"],
+            false_values=["f"],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,  # PostgreSQL quotes an empty string, never a NULL
+        ),
+    )
+
+
+def copy_in_csv(conn: psycopg.Connection, schema: str, table: str, data: pa.Table) -> None:
+    """Append an Arrow table with COPY FROM STDIN (CSV written by Arrow, no Python per row)."""
+    buffer = io.BytesIO()
+    pacsv.write_csv(data, buffer, pacsv.WriteOptions(include_header=False))
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in data.column_names)
+    statement = sql.SQL("copy {}.{} ({}) from stdin (format csv)").format(
+        sql.Identifier(schema), sql.Identifier(table), columns
+    )
+    _write_blocks(conn, statement, buffer.getbuffer())
+
+
+def prediction_rows_binary(keys: np.ndarray, score: np.ndarray, decision: np.ndarray, percentile: np.ndarray) -> bytes:
+    """Binary COPY payload for (bigint key, float8, bool, float4) rows, built as one numpy record
+    array: every field is fixed-width, so no Python runs per row."""
+    layout = np.dtype(
+        [
+            ("fields", ">i2"),
+            ("key_len", ">i4"), ("key", ">i8"),
+            ("score_len", ">i4"), ("score", ">f8"),
+            ("decision_len", ">i4"), ("decision", "u1"),
+            ("percentile_len", ">i4"), ("percentile", ">f4"),
+        ]
+    )  # fmt: skip
+    rows = np.empty(len(keys), dtype=layout)
+    rows["fields"] = 4
+    rows["key_len"], rows["key"] = 8, keys
+    rows["score_len"], rows["score"] = 8, score
+    rows["decision_len"], rows["decision"] = 1, decision
+    rows["percentile_len"], rows["percentile"] = 4, percentile
+    return _BINARY_HEADER + rows.tobytes() + _BINARY_TRAILER
+
+
+def copy_predictions(conn: psycopg.Connection, schema: str, table: str, keys: np.ndarray,
+                     score: np.ndarray, decision: np.ndarray, percentile: np.ndarray) -> None:
+    """Write scored rows into a run table with binary COPY."""
+    statement = sql.SQL(
+        "copy {}.{} (entity_id, score, decision, percentile) from stdin (format binary)"
+    ).format(sql.Identifier(schema), sql.Identifier(table))
+    if keys.dtype.kind in "iu":
+        payload = prediction_rows_binary(keys.astype(np.int64), score, decision, percentile)
+        _write_blocks(conn, statement, memoryview(payload))
+        return
+    # Text keys are variable-width; psycopg's C row writer is the fast path for them.
+    with conn.cursor().copy(statement) as copy:
+        copy.set_types(["text", "float8", "bool", "float4"])
+        for row in zip(keys.tolist(), score.tolist(), decision.tolist(), percentile.tolist(), strict=True):
+            copy.write_row(row)
+
+
+def _write_blocks(conn: psycopg.Connection, statement: sql.Composable, view: memoryview) -> None:
+    with conn.cursor().copy(statement) as copy:
+        for offset in range(0, len(view), _WRITE_BLOCK):
+            copy.write(view[offset : offset + _WRITE_BLOCK])

@@ -1,0 +1,1 @@
+"""Demo data: a synthetic subscription business and a real dataset shipped inside a package."""

@@ -1,0 +1,117 @@
+"""Reading a job's sources: population plans, feature chunks by key range, labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import pandas as pd
+import pyarrow as pa
+import psycopg
+from psycopg import sql
+
+from mlpipe.copyio import copy_out
+from mlpipe.errors import SourceError
+from mlpipe.features import check_source_columns, source_types
+from mlpipe.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A half-open key range [key_lo, key_hi); None means unbounded. The last chunk also takes
+    rows whose key is null, so that they reach quarantine instead of vanishing."""
+
+    chunk_no: int
+    key_lo: int | str | None
+    key_hi: int | str | None
+    is_last: bool
+
+
+def features_query(spec: JobSpec, chunk: Chunk | None = None) -> sql.Composed:
+    """The job's features SQL, restricted to one chunk's key range."""
+    source = sql.SQL(spec.sql("features"))  # the job's own SQL file, trusted like code
+    key = sql.SQL("source.{}").format(sql.Identifier(spec.entity.key))
+    conditions = []
+    if chunk is not None and chunk.key_lo is not None:
+        conditions.append(sql.SQL("{} >= %(key_lo)s").format(key))
+    if chunk is not None and chunk.key_hi is not None:
+        conditions.append(sql.SQL("{} < %(key_hi)s").format(key))
+    if not conditions:
+        return sql.SQL("select * from ({}) as source").format(source)
+    in_range = sql.SQL(" and ").join(conditions)
+    if chunk.is_last:
+        in_range = sql.SQL("({}) or {} is null").format(in_range, key)
+    return sql.SQL("select * from ({}) as source where {}").format(source, in_range)
+
+
+def _params(as_of: date, chunk: Chunk | None = None) -> dict:
+    params: dict = {"as_of": as_of}
+    if chunk is not None:
+        params.update(key_lo=chunk.key_lo, key_hi=chunk.key_hi)
+    return params
+
+
+def check_features_source(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> None:
+    """Fail before any work when the features SQL does not return what the spec describes."""
+    check_source_columns(conn, spec, features_query(spec), _params(as_of))
+
+
+def read_features(conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk: Chunk | None = None) -> pd.DataFrame:
+    """Raw feature rows as of `as_of` for one chunk (or everything), streamed out with COPY."""
+    try:
+        table = copy_out(conn, features_query(spec, chunk), _params(as_of, chunk), source_types(spec))
+    except (psycopg.Error, pa.ArrowInvalid) as exc:
+        raise SourceError(f"job {spec.name}: reading features as of {as_of} failed: {exc}") from exc
+    return table.to_pandas()
+
+
+def plan_chunks(conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk_rows: int) -> tuple[int, list[Chunk]]:
+    """Count the population as of `as_of` and cut its keys into ranges of about chunk_rows."""
+    population = sql.SQL(spec.sql("population"))
+    key = sql.Identifier(spec.entity.key)
+    try:
+        count = conn.execute(
+            sql.SQL("select count(*) from ({}) as population").format(population), _params(as_of)
+        ).fetchone()[0]
+        bounds = [
+            row[0]
+            for row in conn.execute(
+                sql.SQL(
+                    "select {key} from ("
+                    " select population.{key}, row_number() over (order by population.{key}) as position"
+                    " from ({population}) as population where population.{key} is not null"
+                    ") as numbered where (position - 1) %% %(chunk_rows)s = 0 order by 1"
+                ).format(key=key, population=population),
+                {**_params(as_of), "chunk_rows": chunk_rows},
+            )
+        ]
+    except psycopg.Error as exc:
+        raise SourceError(f"job {spec.name}: the population SQL failed as of {as_of}: {str(exc).strip()}") from exc
+    if not bounds:
+        return count, [Chunk(0, None, None, True)]
+    highs = [*bounds[1:], None]
+    lows = [None, *bounds[1:]]  # the first chunk has no lower bound
+    chunks = [
+        Chunk(i, lo, hi, is_last=(i == len(bounds) - 1)) for i, (lo, hi) in enumerate(zip(lows, highs, strict=True))
+    ]
+    return count, chunks
+
+
+def read_labels(conn: psycopg.Connection, spec: JobSpec, cutoff: date) -> pd.DataFrame:
+    """(key, label) for every entity the label SQL knows at `cutoff`, over the spec's horizon."""
+    key_type = source_types(spec)[spec.entity.key]
+    try:
+        table = copy_out(
+            conn,
+            sql.SQL(spec.sql("labels")),
+            {"cutoff": cutoff, "horizon_days": spec.training.horizon_days, "as_of": cutoff},
+            {spec.entity.key: key_type, "label": pa.int64()},
+        )
+    except (psycopg.Error, pa.ArrowInvalid) as exc:
+        raise SourceError(f"job {spec.name}: the labels SQL failed for cutoff {cutoff}: {exc}") from exc
+    labels = table.to_pandas()
+    if list(labels.columns) != [spec.entity.key, "label"]:
+        raise SourceError(f"job {spec.name}: the labels SQL must return ({spec.entity.key}, label)")
+    if not labels["label"].isin([0, 1]).all():
+        raise SourceError(f"job {spec.name}: labels must be 0 or 1 (cutoff {cutoff})")
+    return labels

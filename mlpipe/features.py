@@ -1,0 +1,133 @@
+"""From raw source columns to the model's matrix: types, row checks, derived features, encoding.
+
+Training and scoring both call these functions, so a row gets the same features either way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import psycopg
+from psycopg import sql
+
+from mlpipe.errors import SourceError
+from mlpipe.spec import JobSpec
+
+_ARROW_TYPES = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_()}
+# PostgreSQL type OIDs each feature kind accepts (int2/4/8, float4/8, numeric; text, varchar, bpchar; bool).
+_PG_TYPES = {
+    "numeric": {21, 23, 20, 700, 701, 1700},
+    "categorical": {25, 1043, 1042},
+    "boolean": {16},
+}
+_KEY_TYPES = {"bigint": ({20, 21, 23}, pa.int64()), "text": ({25, 1043, 1042}, pa.string())}
+
+
+def source_types(spec: JobSpec) -> dict[str, pa.DataType]:
+    """Arrow type of each column the features SQL returns: the key, then every raw feature."""
+    types = {spec.entity.key: _KEY_TYPES[spec.entity.type][1]}
+    types.update({name: _ARROW_TYPES[f.kind] for name, f in spec.features.items()})
+    return types
+
+
+def check_source_columns(conn: psycopg.Connection, spec: JobSpec, query: sql.Composable, params: dict) -> None:
+    """Compare the columns a query returns (without running it) with the spec; say what differs."""
+    probe = sql.SQL("select * from ({}) as source limit 0").format(query)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(probe, params)
+            returned = {col.name: col.type_code for col in cur.description}
+    except psycopg.Error as exc:
+        raise SourceError(f"job {spec.name}: the features SQL failed: {str(exc).strip()}") from exc
+    expected = [spec.entity.key, *spec.features]
+    missing = [c for c in expected if c not in returned]
+    extra = [c for c in returned if c not in expected]
+    if missing or extra:
+        raise SourceError(
+            f"job {spec.name}: the features SQL returns columns {sorted(returned)}; "
+            f"missing {missing or 'none'}, not described in the spec {extra or 'none'}"
+        )
+    key_oids = _KEY_TYPES[spec.entity.type][0]
+    wrong = [] if returned[spec.entity.key] in key_oids else [f"{spec.entity.key} (key, {spec.entity.type})"]
+    wrong += [
+        f"{name} ({feature.kind})"
+        for name, feature in spec.features.items()
+        if returned[name] not in _PG_TYPES[feature.kind]
+    ]
+    if wrong:
+        raise SourceError(f"job {spec.name}: columns of the wrong SQL type for their kind: {', '.join(wrong)}")
+
+
+def find_bad_rows(frame: pd.DataFrame, spec: JobSpec) -> pd.Series:
+    """The reason each row cannot be scored, or None; vectorized, first failing check wins."""
+    reasons = pd.Series(None, index=frame.index, dtype=object)
+
+    def flag(mask, reason) -> None:
+        mask = np.asarray(mask, dtype=bool) & reasons.isna().to_numpy()
+        if mask.any():
+            reasons[mask] = reason if isinstance(reason, str) else reason[mask]
+
+    key = frame[spec.entity.key]
+    flag(key.isna(), "null key")
+    flag(key.duplicated(keep=False) & key.notna(), "duplicate key")
+    for name, feature in spec.features.items():
+        column = frame[name]
+        if feature.missing == "reject":
+            flag(column.isna(), f"{name}: missing")
+        if feature.kind == "numeric":
+            values = column.to_numpy(dtype=float, na_value=np.nan)
+            flag(np.isinf(values) | (np.isnan(values) & column.notna().to_numpy()), f"{name}: not a finite number")
+            if feature.min is not None:
+                flag(values < feature.min, f"{name}: below the minimum {feature.min:g}")
+            if feature.max is not None:
+                flag(values > feature.max, f"{name}: above the maximum {feature.max:g}")
+        elif feature.kind == "categorical" and feature.unknown == "reject":
+            unknown = column.notna() & ~column.isin(feature.categories)
+            flag(unknown, ("{}: unknown category ".format(name) + column.astype(str)).to_numpy())
+    return reasons
+
+
+def matrix_columns(spec: JobSpec) -> list[str]:
+    """Names of the model's input columns, in order."""
+    columns: list[str] = []
+    for name, feature in spec.features.items():
+        if feature.kind == "categorical":
+            columns += [f"{name}={category}" for category in feature.categories]
+        else:
+            columns.append(name)
+    return columns + list(spec.derived)
+
+
+def to_matrix(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
+    """Encode checked rows as float32: numbers as they are (NaN when missing and imputed later by the
+    model), booleans as 0/1, categories one-hot (all zeros when missing or unknown), then derived."""
+    parts: list[np.ndarray] = []
+    for name, feature in spec.features.items():
+        column = frame[name]
+        if feature.kind == "categorical":
+            values = column.to_numpy(dtype=object)
+            parts += [(values == category).astype(np.float32) for category in feature.categories]
+            continue
+        values = column.to_numpy(dtype=float, na_value=np.nan)
+        if feature.missing == "zero":
+            values = np.where(np.isnan(values), 0.0, values)
+        parts.append(values.astype(np.float32))
+    for name, function in spec.derived_functions.items():
+        values = np.asarray(function(frame), dtype=np.float32)
+        if values.shape != (len(frame),):
+            raise SourceError(f"job {spec.name}: derived feature {name} returned shape {values.shape}")
+        parts.append(values)
+    if not parts or len(frame) == 0:
+        return np.empty((len(frame), len(matrix_columns(spec))), dtype=np.float32)
+    return np.column_stack(parts)
+
+
+def baseline_values(matrix: np.ndarray, spec: JobSpec) -> np.ndarray:
+    """The baseline rule's score: one input column, signed so that higher means more likely positive,
+    missing values at the column's median."""
+    rule = spec.model.baseline
+    values = matrix[:, matrix_columns(spec).index(rule.feature)].astype(np.float64)
+    fill = np.nanmedian(values) if np.isfinite(values).any() else 0.0
+    values = np.where(np.isnan(values), fill, values)
+    return values if rule.direction == "higher_is_positive" else -values

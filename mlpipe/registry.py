@@ -1,0 +1,140 @@
+"""The model registry in PostgreSQL: versions, the champion alias and its history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from mlpipe import artifacts
+from mlpipe.errors import ModelNotFoundError, NoChampionError
+from mlpipe.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model; `load()` verifies the artifact before returning a scoring model."""
+
+    model_id: int
+    job: str
+    version: int
+    model_version: str
+    algorithm: str
+    trained_as_of: date
+    artifact_uri: str
+    artifact_sha256: str
+    metrics: dict
+    feature_schema: dict
+    reference: dict
+    library_versions: dict
+    training_window: dict
+
+    def load(self) -> artifacts.ScoringModel:
+        return artifacts.load(
+            self.artifact_uri,
+            self.artifact_sha256,
+            self.algorithm,
+            self.feature_schema["columns"],
+            self.library_versions,
+        )
+
+
+_SELECT_MODEL = """
+    select model_id, job, version, model_version, algorithm, trained_as_of, artifact_uri, artifact_sha256,
+           metrics, feature_schema, reference, library_versions, training_window
+    from mlpipe.models
+    where model_id = %(model_id)s or (job = %(job)s and model_version = %(model_version)s)
+"""
+
+
+def next_version(conn: psycopg.Connection, job: str) -> int:
+    """The next version number of a job (serialized by a transaction-level lock on the job)."""
+    conn.execute("select pg_advisory_xact_lock(hashtextextended('mlpipe.models:' || %s, 0))", [job])
+    row = conn.execute("select coalesce(max(version), 0) + 1 from mlpipe.models where job = %s", [job]).fetchone()
+    return row[0]
+
+
+def register(conn: psycopg.Connection, spec: JobSpec, version: int, record: dict[str, Any]) -> ModelVersion:
+    """Insert a model version; `record` holds the registry columns (see sql/002_registry.sql)."""
+    jsonb = {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in record.items()}
+    row = conn.execute(
+        """insert into mlpipe.models (job, version, model_version, algorithm, trained_as_of, artifact_uri,
+               artifact_sha256, metrics, params, feature_schema, training_window, row_counts, reference,
+               library_versions, code_version, promotion)
+           values (%(job)s, %(version)s, %(model_version)s, %(algorithm)s, %(trained_as_of)s, %(artifact_uri)s,
+               %(artifact_sha256)s, %(metrics)s, %(params)s, %(feature_schema)s, %(training_window)s,
+               %(row_counts)s, %(reference)s, %(library_versions)s, %(code_version)s, %(promotion)s)
+           returning model_id""",
+        {"job": spec.name, "version": version, "model_version": f"{spec.name}-v{version}", **jsonb},
+    ).fetchone()
+    return get(conn, spec.name, model_id=row[0])
+
+
+def get(conn: psycopg.Connection, job: str, *, model_id: int | None = None, model_version: str | None = None) -> ModelVersion:
+    """A model by id or by version name ("churn-v3" or "3")."""
+    if model_id is None and model_version is not None and "-v" not in str(model_version):
+        model_version = f"{job}-v{model_version}"
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_SELECT_MODEL, {"model_id": model_id, "job": job, "model_version": model_version})
+        row = cur.fetchone()
+    if row is None:
+        raise ModelNotFoundError(
+            f"job {job} has no model {model_version or model_id}; list them with `mlpipe models --job {job}`"
+        )
+    return ModelVersion(**row)
+
+
+def champion(conn: psycopg.Connection, job: str) -> ModelVersion | None:
+    """The current champion, or None."""
+    row = conn.execute(
+        "select model_id from mlpipe.model_aliases where job = %s and alias = 'champion'", [job]
+    ).fetchone()
+    return get(conn, job, model_id=row[0]) if row else None
+
+
+def resolve(conn: psycopg.Connection, job: str, model_version: str | None) -> ModelVersion:
+    """The model to score with: the one named, else the champion."""
+    if model_version:
+        return get(conn, job, model_version=model_version)
+    model = champion(conn, job)
+    if model is None:
+        raise NoChampionError(f"job {job} has no champion model yet: run `mlpipe train --job {job}` first")
+    return model
+
+
+def set_alias(conn: psycopg.Connection, job: str, alias: str, model_id: int, reason: str) -> None:
+    """Point an alias at a model and keep the change in mlpipe.alias_history."""
+    previous = conn.execute(
+        "select model_id from mlpipe.model_aliases where job = %s and alias = %s for update", [job, alias]
+    ).fetchone()
+    conn.execute(
+        """insert into mlpipe.model_aliases (job, alias, model_id) values (%s, %s, %s)
+           on conflict (job, alias) do update set model_id = excluded.model_id, updated_at = now()""",
+        [job, alias, model_id],
+    )
+    conn.execute(
+        """insert into mlpipe.alias_history (job, alias, model_id, previous_model_id, reason)
+           values (%s, %s, %s, %s, %s)""",
+        [job, alias, model_id, previous[0] if previous else None, reason],
+    )
+
+
+def list_models(conn: psycopg.Connection, job: str) -> list[dict]:
+    """Every version of a job, newest first, with its aliases and test metrics."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """select m.model_version, m.algorithm, m.created_at, m.trained_as_of,
+                      m.metrics -> 'test' as test_metrics, m.promotion ->> 'decision' as decision,
+                      coalesce(string_agg(a.alias, ',' order by a.alias), '') as aliases
+               from mlpipe.models m
+               left join mlpipe.model_aliases a on a.model_id = m.model_id
+               where m.job = %s
+               group by m.model_id
+               order by m.version desc""",
+            [job],
+        )
+        return cur.fetchall()

@@ -1,0 +1,36 @@
+"""One typed settings object, read from the environment (prefix MLPIPE_) at the entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything mlpipe can be configured with; see .env.example for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="MLPIPE_", env_file=".env", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        default=None, description="PostgreSQL 14+ URL; unset starts the embedded server under home."
+    )
+    home: Path = Field(default=Path.home() / ".mlpipe", description="Embedded database and artifacts.")
+    artifacts_dir: Path | None = Field(default=None, description="Model artifact store; may be shared.")
+    jobs_path: list[Path] = Field(default_factory=list, description="Extra folders holding job specs.")
+    workers: int = Field(default=2, ge=1, description="Chunk tasks run at once (thread runner).")
+    chunk_rows: int = Field(default=200_000, ge=100, description="Entities per scoring chunk.")
+    dask_address: str | None = Field(default=None, description="Run chunk tasks on this Dask scheduler.")
+    lock_timeout_ms: int = Field(default=200, ge=1, description="Publish waits this long for readers.")
+    publish_retries: int = Field(default=50, ge=1, description="Publish attempts before giving up.")
+
+    @property
+    def artifact_store(self) -> Path:
+        """Folder that holds model artifacts (one subfolder per job and version)."""
+        return self.artifacts_dir or self.home / "artifacts"
+
+    @property
+    def pgdata(self) -> Path:
+        """Data folder of the embedded PostgreSQL."""
+        return self.home / "pgdata"

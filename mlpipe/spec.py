@@ -1,0 +1,210 @@
+"""Job specs: one YAML file per prediction use case, with its SQL and feature functions beside it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Callable
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlpipe.errors import SpecError
+from mlpipe.resources import resource_dir
+from mlpipe.settings import Settings
+
+# Job and column names become SQL identifiers and file names: keep them plain.
+_NAME = r"^[a-z][a-z0-9_]{0,40}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Entity(_Strict):
+    key: Annotated[str, Field(pattern=_NAME)]
+    type: Literal["bigint", "text"]
+
+
+class Sources(_Strict):
+    population: str = Field(description="SQL file: one column (the key) for the entities to score at as_of.")
+    features: str = Field(description="SQL file: the key and every raw feature column, as of as_of.")
+    labels: str = Field(description="SQL file: the key and a 0/1 label for a cutoff and a horizon.")
+
+
+class Feature(_Strict):
+    kind: Literal["numeric", "categorical", "boolean"]
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    missing: Literal["impute", "zero", "reject"] = "impute"
+    unknown: Literal["ignore", "reject"] = "ignore"
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Feature:
+        if self.kind == "categorical" and not self.categories:
+            raise ValueError("a categorical feature needs its list of categories")
+        if self.kind != "categorical" and self.categories:
+            raise ValueError("categories are only for categorical features")
+        if self.kind != "numeric" and (self.min is not None or self.max is not None):
+            raise ValueError("min and max are only for numeric features")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class Derived(_Strict):
+    function: str = Field(description="file.py:function, beside the spec; takes the raw frame.")
+    kind: Literal["numeric"] = "numeric"
+    description: str = ""
+
+    @field_validator("function")
+    @classmethod
+    def _shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w./-]+\.py:[A-Za-z_]\w*", value):
+            raise ValueError("expected 'file.py:function_name'")
+        return value
+
+
+class Training(_Strict):
+    horizon_days: int = Field(default=30, ge=1, description="Label window after each cutoff.")
+    cutoffs: int = Field(default=6, ge=3, description="Matured cutoffs stacked (history jobs).")
+    cutoff_every_days: int = Field(default=30, ge=1)
+    validation_share: float = Field(default=0.2, gt=0, lt=0.5, description="Snapshot jobs only.")
+    test_share: float = Field(default=0.2, gt=0, lt=0.5, description="Snapshot jobs only.")
+    seed: int = 7
+    time_budget_s: float = Field(default=600, gt=0)
+
+
+class Baseline(_Strict):
+    feature: str = Field(description="A model input: a numeric, boolean or derived feature, or 'name=category'.")
+    direction: Literal["higher_is_positive", "lower_is_positive"] = "higher_is_positive"
+
+
+class Candidate(_Strict):
+    name: Annotated[str, Field(pattern=_NAME)]
+    algorithm: Literal["logistic_regression", "xgboost"]
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+
+
+class Promotion(_Strict):
+    min_gain_over_baseline: float = 0.0
+    min_gain_over_champion: float = 0.0
+
+
+class ModelSpec(_Strict):
+    metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
+    baseline: Baseline
+    candidates: list[Candidate] = Field(min_length=1)
+    promotion: Promotion = Promotion()
+
+
+class Outputs(_Strict):
+    threshold: float = Field(default=0.5, ge=0, le=1, description="decision = score >= threshold")
+    history_days: int = Field(default=400, ge=1)
+    max_quarantine_rate: float = Field(default=0.01, ge=0, le=1)
+
+
+class JobSpec(_Strict):
+    """A validated job spec; `folder` is where its SQL and Python files live."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    description: str = ""
+    entity: Entity
+    history: bool = Field(default=True, description="False: a snapshot source without event times.")
+    sources: Sources
+    features: dict[str, Feature] = Field(min_length=1)
+    derived: dict[str, Derived] = Field(default_factory=dict)
+    training: Training = Training()
+    model: ModelSpec
+    outputs: Outputs = Outputs()
+    folder: Path = Field(exclude=True)
+
+    @model_validator(mode="after")
+    def _names(self) -> JobSpec:
+        for name in [*self.features, *self.derived]:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"feature name {name!r} must match {_NAME}")
+        clash = set(self.features) & set(self.derived)
+        if clash or self.entity.key in self.features:
+            raise ValueError(f"names used twice: {sorted(clash or {self.entity.key})}")
+        known = set(self.derived) | {
+            f"{name}={category}" if category else name
+            for name, feature in self.features.items()
+            for category in (feature.categories or [None])
+        }
+        if self.model.baseline.feature not in known:
+            raise ValueError(f"baseline feature {self.model.baseline.feature!r} is not one of {sorted(known)}")
+        if len({c.name for c in self.model.candidates}) != len(self.model.candidates):
+            raise ValueError("candidate names must be unique")
+        return self
+
+    def sql(self, source: Literal["population", "features", "labels"]) -> str:
+        """The text of one of the job's SQL files."""
+        path = self.folder / getattr(self.sources, source)
+        if not path.is_file():
+            raise SpecError(self.name, f"sources.{source}: file {path} not found")
+        return path.read_text()
+
+    @cached_property
+    def derived_functions(self) -> dict[str, Callable]:
+        """Derived feature functions loaded from the files beside the spec."""
+        return {name: _load_function(self, d.function) for name, d in self.derived.items()}
+
+    def check_as_of(self, as_of: date) -> date:
+        """Refuse days in the future: features as of a day not yet finished would be incomplete."""
+        if as_of > date.today():
+            raise SpecError(self.name, f"as_of {as_of} is in the future; use today or an earlier day")
+        return as_of
+
+
+def _load_function(spec: JobSpec, ref: str) -> Callable:
+    file_name, func_name = ref.split(":")
+    path = (spec.folder / file_name).resolve()
+    if not path.is_file():
+        raise SpecError(spec.name, f"derived function file {path} not found")
+    module_spec = importlib.util.spec_from_file_location(f"mlpipe_job_{spec.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise SpecError(spec.name, f"{path} has no function {func_name}")
+    return func
+
+
+def job_folders(settings: Settings) -> list[Path]:
+    """Where job names are looked up, first match wins: MLPIPE_JOBS_PATH, ./jobs, bundled jobs."""
+    return [*settings.jobs_path, Path.cwd() / "jobs", resource_dir("jobs")]
+
+
+def load_job(name_or_path: str | Path, settings: Settings) -> JobSpec:
+    """Load a job spec by name (searched in job_folders) or by path to a YAML file or its folder."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "job.yaml"
+    if not path.is_file():
+        if not re.fullmatch(_NAME, str(name_or_path)):
+            raise SpecError(str(name_or_path), "no such file, and not a valid job name")
+        candidates = [folder / str(name_or_path) / "job.yaml" for folder in job_folders(settings)]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            searched = ", ".join(str(c.parent.parent) for c in candidates)
+            raise SpecError(str(name_or_path), f"no job of that name in {searched}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), f"not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(str(path), "expected a mapping at the top level")
+    try:
+        return JobSpec(**raw, folder=path.parent.resolve())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in exc.errors()
+        )
+        raise SpecError(str(path), problems) from None

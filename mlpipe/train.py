@@ -1,0 +1,289 @@
+"""Monthly training: stacked point-in-time training set, candidates, evaluation, registration."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import psycopg
+import xgboost as xgb
+from psycopg.types.json import Jsonb
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import mlpipe
+from mlpipe import artifacts, registry
+from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
+from mlpipe.extract import plan_chunks, read_features, read_labels
+from mlpipe.features import baseline_values, find_bad_rows, matrix_columns, to_matrix
+from mlpipe.registry import ModelVersion
+from mlpipe.settings import Settings
+from mlpipe.spec import Candidate, JobSpec
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TrainingSet:
+    """Checked, labeled rows with their split; `matrix` rows align with `frame` rows."""
+
+    frame: pd.DataFrame
+    matrix: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    window: dict
+    counts: dict
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.split == name
+        return self.matrix[mask], self.labels[mask]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: ModelVersion
+    promoted: bool
+    decision: dict
+    metrics: dict
+    run_id: int
+
+
+def cutoffs_for(spec: JobSpec, as_of: date) -> list[date]:
+    """Past cutoffs whose label window has fully matured by as_of, oldest first."""
+    newest = as_of - timedelta(days=spec.training.horizon_days)
+    step = timedelta(days=spec.training.cutoff_every_days)
+    return sorted(newest - k * step for k in range(spec.training.cutoffs))
+
+
+def build_training_set(conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk_rows: int) -> TrainingSet:
+    """Features as of each cutoff (with the scoring code) joined to the labels that followed it.
+
+    History jobs split by time: older cutoffs train, the next validates, the newest is the
+    out-of-time test. Snapshot jobs use one seeded, stratified split."""
+    cutoffs = cutoffs_for(spec, as_of) if spec.history else [as_of]
+    frames, counts = [], {"feature_rows": 0, "quarantined": 0, "unlabeled": 0}
+    for cutoff in cutoffs:
+        _, chunks = plan_chunks(conn, spec, cutoff, chunk_rows)
+        raw = pd.concat([read_features(conn, spec, cutoff, chunk) for chunk in chunks], ignore_index=True)
+        bad = find_bad_rows(raw, spec).notna()
+        labels = read_labels(conn, spec, cutoff)
+        rows = raw[~bad.to_numpy()].merge(labels, on=spec.entity.key, how="left")
+        unlabeled = rows["label"].isna()
+        counts["feature_rows"] += len(raw)
+        counts["quarantined"] += int(bad.sum())
+        counts["unlabeled"] += int(unlabeled.sum())
+        frames.append(rows[~unlabeled].assign(cutoff=cutoff))
+    frame = pd.concat(frames, ignore_index=True)
+    if frame.empty or frame["label"].nunique() < 2:
+        raise ValueError(f"job {spec.name}: the training set as of {as_of} has no rows of both labels")
+    labels = frame["label"].to_numpy(dtype=np.int64)
+    if spec.history:
+        split = np.where(frame["cutoff"] == cutoffs[-1], "test", "train")
+        split = np.where(frame["cutoff"] == cutoffs[-2], "validation", split)
+        window = {"kind": "time", "cutoffs": [c.isoformat() for c in cutoffs],
+                  "horizon_days": spec.training.horizon_days,
+                  "train": [c.isoformat() for c in cutoffs[:-2]],
+                  "validation": cutoffs[-2].isoformat(), "test": cutoffs[-1].isoformat()}
+    else:
+        split = _stratified_split(labels, spec)
+        window = {"kind": "stratified", "seed": spec.training.seed, "as_of": as_of.isoformat(),
+                  "validation_share": spec.training.validation_share, "test_share": spec.training.test_share}
+    counts.update({name: int((split == name).sum()) for name in SPLITS})
+    return TrainingSet(frame, to_matrix(frame, spec), labels, split, window, counts)
+
+
+def _stratified_split(labels: np.ndarray, spec: JobSpec) -> np.ndarray:
+    index = np.arange(len(labels))
+    rest, test = train_test_split(
+        index, test_size=spec.training.test_share, stratify=labels, random_state=spec.training.seed
+    )
+    share = spec.training.validation_share / (1 - spec.training.test_share)
+    train, validation = train_test_split(
+        rest, test_size=share, stratify=labels[rest], random_state=spec.training.seed
+    )
+    split = np.empty(len(labels), dtype=object)
+    split[train], split[validation], split[test] = "train", "validation", "test"
+    return split.astype(str)
+
+
+class _Deadline(xgb.callback.TrainingCallback):
+    """Stop boosting when the job's time budget runs out."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def after_iteration(self, model, epoch, evals_log) -> bool:
+        return time.monotonic() > self.deadline
+
+
+def fit_candidate(candidate: Candidate, data: TrainingSet, columns: list[str], seed: int,
+                  deadline: float) -> artifacts.ScoringModel:
+    """Fit one candidate on the train split (boosted trees stop early on validation)."""
+    x_train, y_train = data.part("train")
+    params = dict(candidate.params)
+    if candidate.algorithm == "logistic_regression":
+        pipeline = make_pipeline(
+            SimpleImputer(strategy="median", keep_empty_features=True),
+            StandardScaler(),
+            LogisticRegression(C=float(params.get("C", 1.0)), max_iter=2000),
+        )
+        pipeline.fit(x_train, y_train)
+        imputer, scaler, logistic = pipeline.steps[0][1], pipeline.steps[1][1], pipeline.steps[2][1]
+        return artifacts.LinearModel(
+            columns=columns,
+            impute=imputer.statistics_.astype(np.float64),
+            mean=scaler.mean_.astype(np.float64),
+            scale=scaler.scale_.astype(np.float64),
+            coef=logistic.coef_[0].astype(np.float64),
+            intercept=float(logistic.intercept_[0]),
+        )
+    rounds = int(params.pop("num_boost_round", 500))
+    patience = int(params.pop("early_stopping_rounds", 30))
+    x_valid, y_valid = data.part("validation")
+    booster = xgb.train(
+        {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist", "seed": seed,
+         **params},
+        xgb.DMatrix(x_train, label=y_train, feature_names=None),
+        num_boost_round=rounds,
+        evals=[(xgb.DMatrix(x_valid, label=y_valid), "validation")],
+        early_stopping_rounds=patience,
+        callbacks=[_Deadline(deadline)],
+        verbose_eval=False,
+    )
+    if booster.best_iteration is not None and booster.best_iteration + 1 < booster.num_boosted_rounds():
+        booster = booster[: booster.best_iteration + 1]
+    return artifacts.XGBoostModel(columns=columns, booster=booster)
+
+
+def score_reference(scores: np.ndarray) -> list[float]:
+    """1001 quantiles of the test scores: the scale published percentiles are read against."""
+    return np.quantile(scores, np.linspace(0, 1, 1001)).tolist()
+
+
+def feature_reference(data: TrainingSet, columns: list[str]) -> dict:
+    """Decile edges and shares of each input column on the train split, for later drift checks."""
+    x_train, _ = data.part("train")
+    reference = {}
+    for i, name in enumerate(columns):
+        values = x_train[:, i][~np.isnan(x_train[:, i])]
+        if len(values) == 0:
+            continue
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
+        reference[name] = {
+            "edges": edges.tolist(),
+            "missing_share": float(np.isnan(x_train[:, i]).mean()),
+        }
+    return reference
+
+
+def train(conn: psycopg.Connection, settings: Settings, spec: JobSpec, as_of: date) -> TrainResult:
+    """Build the training set, fit and evaluate every candidate, register the best, promote by rule."""
+    started = time.monotonic()
+    deadline = started + spec.training.time_budget_s
+    run_id = conn.execute(
+        """insert into mlpipe.runs (job, kind, as_of, status, host, pid)
+           values (%s, 'train', %s, 'running', %s, %s) returning run_id""",
+        [spec.name, as_of, socket.gethostname(), os.getpid()],
+    ).fetchone()[0]
+    conn.commit()
+    try:
+        result = _train(conn, settings, spec, as_of, run_id, deadline)
+    except Exception as exc:
+        conn.rollback()
+        conn.execute(
+            "update mlpipe.runs set status = 'failed', error = %s, finished_at = now() where run_id = %s",
+            [f"{type(exc).__name__}: {exc}", run_id],
+        )
+        conn.commit()
+        raise
+    conn.execute(
+        """update mlpipe.runs set status = 'succeeded', model_id = %s, finished_at = now(),
+               timings = %s where run_id = %s""",
+        [result.model.model_id, Jsonb({"total_s": round(time.monotonic() - started, 3)}), run_id],
+    )
+    conn.commit()
+    return result
+
+
+def _train(conn, settings: Settings, spec: JobSpec, as_of: date, run_id: int, deadline: float) -> TrainResult:
+    data = build_training_set(conn, spec, as_of, settings.chunk_rows)
+    columns = matrix_columns(spec)
+    x_test, y_test = data.part("test")
+    x_valid, y_valid = data.part("validation")
+
+    baseline = ranking_metrics(y_test, baseline_values(x_test, spec))
+    fitted, candidates = {}, {}
+    for candidate in spec.model.candidates:
+        model = fit_candidate(candidate, data, columns, spec.training.seed, deadline)
+        fitted[candidate.name] = model
+        candidates[candidate.name] = {
+            "algorithm": candidate.algorithm,
+            "validation": probability_metrics(y_valid, model.predict(x_valid)),
+            "test": probability_metrics(y_test, model.predict(x_test)),
+        }
+    metric = spec.model.metric
+    best = max(candidates, key=lambda name: candidates[name]["validation"][metric])
+    best_model, best_test = fitted[best], candidates[best]["test"]
+
+    current = registry.champion(conn, spec.name)
+    champion_test = None
+    if current is not None and current.feature_schema.get("columns") == columns:
+        champion_test = probability_metrics(y_test, current.load().predict(x_test))
+    decision = decide_promotion(spec, best_test, baseline, champion_test)
+    if current is not None and champion_test is None:
+        decision["reasons"].append(f"champion {current.model_version} uses other features: not comparable")
+
+    version = registry.next_version(conn, spec.name)
+    suffix = "ubj" if best_model.algorithm == "xgboost" else "json"
+    uri, sha256 = artifacts.save(
+        best_model, settings.artifact_store / spec.name, f"{spec.name}-v{version}.{suffix}"
+    )
+    metrics = {
+        "test": best_test,
+        "baseline": baseline,
+        "champion": champion_test,
+        "candidates": candidates,
+        "chosen": best,
+    }
+    model = registry.register(
+        conn,
+        spec,
+        version,
+        {
+            "algorithm": best_model.algorithm,
+            "trained_as_of": as_of,
+            "artifact_uri": uri,
+            "artifact_sha256": sha256,
+            "metrics": metrics,
+            "params": {c.name: c.params for c in spec.model.candidates},
+            "feature_schema": {"columns": columns, "features": spec.model_dump(mode="json")["features"],
+                               "derived": list(spec.derived)},
+            "training_window": data.window,
+            "row_counts": data.counts,
+            "reference": {"scores": score_reference(best_model.predict(x_test)),
+                          "features": feature_reference(data, columns)},
+            "library_versions": {**artifacts.library_versions(), "python": platform.python_version()},
+            "code_version": f"mlpipe {mlpipe.__version__}",
+            "promotion": decision,
+        },
+    )
+    promoted = decision["decision"] == "promote"
+    registry.set_alias(
+        conn, spec.name, "champion" if promoted else "challenger", model.model_id,
+        f"training run {run_id}: " + "; ".join(decision["reasons"]),
+    )
+    conn.commit()
+    log.info("job %s: registered %s (%s), %s", spec.name, model.model_version, best, decision["decision"])
+    return TrainResult(model=model, promoted=promoted, decision=decision, metrics=metrics, run_id=run_id)
