@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,10 @@ def database_url(settings: Settings, *, start: bool = True) -> str:
 
 def _embedded_server(settings: Settings):  # -> pgserver.PostgresServer
     # Imported lazily: pgserver touches the filesystem on import and is not needed with a URL.
-    import pgserver
+    # It warns about XDG_RUNTIME_DIR on machines without a login session; its fallback is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
 
     settings.pgdata.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None keeps the server running after this process exits, so that
@@ -63,7 +67,9 @@ def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded server; returns False when it was not running."""
     if not embedded_running(settings):
         return False
-    from pgserver._commands import pg_ctl
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import pg_ctl
 
     user = "pgserver" if os.geteuid() == 0 else None
     try:

@@ -154,7 +154,6 @@ class ScoringRun:
             "select pg_try_advisory_lock(hashtextextended(%s, 0))", [f"mlpipe.score:{spec.name}:{as_of}"]
         ).fetchone()[0]
         if not locked:
-            self.conn.close()
             raise RunLockedError(self._lock_holder_message())
         self._abandon_crashed_runs()
         with conn.transaction():
@@ -184,7 +183,7 @@ class ScoringRun:
                where job = %s and as_of = %s and kind = 'score' and status = 'running'
                order by started_at desc limit 1""",
             [self.spec.name, self.as_of],
-        ).fetchone() if not self.conn.closed else None
+        ).fetchone()
         holder = f"run {row[0]} (pid {row[2]} on {row[1]}, started {row[3]:%Y-%m-%d %H:%M:%S})" if row else "another run"
         return (f"{holder} is already scoring {self.spec.name} for {self.as_of}; wait for it to finish "
                 "(`mlpipe runs`) and run again")

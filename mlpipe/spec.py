@@ -179,7 +179,8 @@ def _load_function(spec: JobSpec, ref: str) -> Callable:
 
 def job_folders(settings: Settings) -> list[Path]:
     """Where job names are looked up, first match wins: MLPIPE_JOBS_PATH, ./jobs, bundled jobs."""
-    return [*settings.jobs_path, Path.cwd() / "jobs", resource_dir("jobs")]
+    folders = [*settings.jobs_path, Path.cwd() / "jobs", resource_dir("jobs")]
+    return list(dict.fromkeys(folder.resolve() for folder in folders))
 
 
 def load_job(name_or_path: str | Path, settings: Settings) -> JobSpec:

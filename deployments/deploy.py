@@ -1,0 +1,54 @@
+"""Schedules as code: monthly training and daily scoring of each job, served from this process.
+
+    prefect server start --background            # or Prefect Cloud
+    prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
+    python deployments/deploy.py --job churn     # registers the deployments and serves them
+
+Trigger one by hand with `prefect deployment run 'mlpipe-score/churn-daily'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
+
+from flows.score import score_flow
+from flows.train import train_flow
+
+TRAIN_CRON = "0 3 1 * *"  # 03:00 UTC on the 1st of each month
+SCORE_CRON = "0 5 * * *"  # 05:00 UTC every day, after the nightly loads
+
+
+def build_deployments(job: str = "churn") -> list[RunnerDeployment]:
+    """The deployments of one job: `<job>-monthly` training and `<job>-daily` scoring."""
+    return [
+        train_flow.to_deployment(
+            name=f"{job}-monthly",
+            parameters={"job": job},
+            schedule=Cron(TRAIN_CRON, timezone="UTC"),
+            description=f"Train {job} on the 1st of each month; promote by the job's rule.",
+            tags=["mlpipe", job],
+        ),
+        score_flow.to_deployment(
+            name=f"{job}-daily",
+            parameters={"job": job},
+            schedule=Cron(SCORE_CRON, timezone="UTC"),
+            description=f"Score the whole {job} population daily and publish it.",
+            tags=["mlpipe", job],
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", action="append", help="job to schedule (repeatable; default churn)")
+    args = parser.parse_args()
+    deployments = [d for job in (args.job or ["churn"]) for d in build_deployments(job)]
+    serve(*deployments)
+
+
+if __name__ == "__main__":
+    main()

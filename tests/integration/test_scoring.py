@@ -1,0 +1,151 @@
+"""Daily scoring against a real PostgreSQL through the real Prefect flow."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlpipe.errors import ArtifactError, ModelNotFoundError, RunFailedError, RunLockedError
+from mlpipe.score import ScoringRun
+from mlpipe.settings import Settings
+from mlpipe.spec import load_job
+from tests.helpers import days_ago, history_days, population, published, score
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+
+def test_score_publishes_every_active_entity_once(conn):
+    day = days_ago(2)
+    result = score("churn", day)
+
+    expected = population(conn, day)
+    assert result["population"] == expected > 0
+    assert result["rows_scored"] == expected and result["rows_quarantined"] == 0
+    assert result["chunks"] > 1, "the test settings cut the population into several chunks"
+    rows = published(conn)
+    assert len(rows) == expected
+    assert {r[4] for r in rows.values()} == {day}
+    assert {r[5] for r in rows.values()} == {result["run_id"]}
+    assert all(0.0 <= r[0] <= 1.0 and 0.0 <= r[2] <= 100.0 for r in rows.values())
+    threshold = load_job("churn", Settings()).outputs.threshold
+    assert all(r[1] == (r[0] >= threshold) for r in rows.values())
+    run = conn.execute(
+        "select status, population, rows_scored, chunks, score_histogram from mlpipe.runs where run_id = %s",
+        [result["run_id"]],
+    ).fetchone()
+    assert run[:4] == ("published", expected, expected, result["chunks"])
+    assert sum(run[4]["counts"]) == expected
+    chunk_rows = conn.execute(
+        "select sum(rows_scored), count(*) from mlpipe.run_chunks where run_id = %s", [result["run_id"]]
+    ).fetchone()
+    assert chunk_rows == (expected, result["chunks"])
+
+
+def test_lookup_by_key_uses_the_primary_key_index(conn):
+    score("churn", days_ago(1))
+    some_id = next(iter(published(conn)))
+    plan = "\n".join(
+        r[0] for r in conn.execute("explain select * from predictions.churn where entity_id = %s", [some_id])
+    )
+    assert "Index Scan" in plan or "Index Only Scan" in plan, plan
+
+
+def test_rescoring_a_day_replaces_it(conn):
+    day = days_ago(3)
+    first = score("churn", day)
+    second = score("churn", day)
+
+    expected = population(conn, day)
+    assert history_days(conn) == {day: expected}
+    partitions = conn.execute(
+        "select count(*) from pg_inherits where inhparent = 'predictions.churn_history'::regclass"
+    ).fetchone()[0]
+    assert partitions == 1
+    dupes = conn.execute(
+        "select count(*) from (select entity_id from predictions.churn_history group by entity_id, as_of "
+        "having count(*) > 1) d"
+    ).fetchone()[0]
+    assert dupes == 0
+    assert {r[5] for r in published(conn).values()} == {second["run_id"]}
+    first_table = conn.execute("select to_regclass(%s)", [f"mlpipe_data.churn_r{first['run_id']}"]).fetchone()[0]
+    assert first_table is None, "the replaced day's table is dropped"
+
+
+def test_an_older_day_goes_to_history_without_moving_the_view(conn):
+    newest = score("churn", days_ago(1))
+    older = score("churn", days_ago(5))
+
+    assert newest["view_moved"] and not older["view_moved"]
+    assert {r[5] for r in published(conn).values()} == {newest["run_id"]}
+    assert set(history_days(conn)) == {days_ago(1), days_ago(5)}
+
+
+def test_second_run_of_the_same_day_fails_fast_naming_the_holder(db_url, conn):
+    settings = Settings()
+    spec = load_job("churn", settings)
+    holder = ScoringRun.begin(db_url, settings, spec, days_ago(1))
+    try:
+        with pytest.raises(RunLockedError, match=f"run {holder.run_id} "):
+            score("churn", days_ago(1))
+        other_day = score("churn", days_ago(2))  # another day is not blocked
+        assert other_day["rows_scored"] > 0
+    finally:
+        holder.close()
+    assert score("churn", days_ago(1))["rows_scored"] > 0
+
+
+def test_quarantine_keeps_unscorable_rows_with_their_reason(conn):
+    day = days_ago(1)
+    bad_ids = [r[0] for r in conn.execute(
+        """update demo.customers set plan = 'platinum' where customer_id in (
+               select customer_id from demo.customers where signup_at < now() - interval '30 days'
+               order by customer_id limit 3) returning customer_id"""
+    )]
+    # Allow up to 1% (the job's limit); 3 rows of ~1,200 stay below it.
+    result = score("churn", day)
+
+    assert result["rows_quarantined"] >= 1
+    assert result["rows_scored"] + result["rows_quarantined"] == population(conn, day)
+    quarantined = conn.execute(
+        "select entity_id, reason from mlpipe.quarantine where run_id = %s", [result["run_id"]]
+    ).fetchall()
+    active = {str(i) for i in bad_ids} & {q[0] for q in quarantined}
+    assert active and all(q[1] == "plan: unknown category platinum" for q in quarantined)
+    assert not {int(i) for i in active} & set(published(conn)), "quarantined rows are not published"
+
+
+def test_too_many_bad_rows_stop_the_run_before_publish(conn):
+    before = score("churn", days_ago(2))
+    snapshot = published(conn)
+    conn.execute("update demo.customers set plan = 'platinum' where customer_id % 10 = 0")
+
+    with pytest.raises(RunFailedError, match="quarantined"):
+        score("churn", days_ago(1))
+
+    assert published(conn) == snapshot
+    assert set(history_days(conn)) == {days_ago(2)}
+    failed = conn.execute(
+        "select status, error from mlpipe.runs where kind = 'score' and run_id > %s", [before["run_id"]]
+    ).fetchone()
+    assert failed[0] == "failed" and "previous predictions stay live" in failed[1]
+    leftovers = conn.execute(
+        "select count(*) from pg_tables where schemaname = 'mlpipe_data' and tablename <> %s",
+        [f"churn_r{before['run_id']}"],
+    ).fetchone()[0]
+    assert leftovers == 0, "a failed run drops its table"
+
+
+def test_a_tampered_artifact_is_refused(conn):
+    conn.execute(
+        """update mlpipe.models set artifact_sha256 = repeat('0', 64)
+           where model_id = (select model_id from mlpipe.model_aliases where job = 'churn' and alias = 'champion')"""
+    )
+    with pytest.raises(ArtifactError, match="does not match its registered sha256"):
+        score("churn", days_ago(1))
+    assert conn.execute("select to_regclass('predictions.churn')").fetchone()[0] is None
+
+
+def test_a_named_model_version_scores_instead_of_the_champion(conn):
+    result = score("churn", days_ago(1), model_version="churn-v1")
+    assert result["model_version"] == "churn-v1"
+    with pytest.raises(ModelNotFoundError, match="has no model churn-v99"):
+        score("churn", days_ago(1), model_version="churn-v99")
