@@ -43,7 +43,9 @@ def build_deployments(job: str = "churn") -> list[RunnerDeployment]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--job", action="append", help="job to schedule (repeatable; default churn)")
     args = parser.parse_args()
     deployments = [d for job in (args.job or ["churn"]) for d in build_deployments(job)]

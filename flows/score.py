@@ -26,7 +26,9 @@ def score_flow(job: str = "churn", as_of: date | None = None, model_version: str
     """Score the job's whole population as of `as_of` (default today) and publish it."""
     settings = Settings()
     spec = load_job(job, settings)
-    with ScoringRun.begin(database_url(settings), settings, spec, as_of or date.today(), model_version) as run:
+    with ScoringRun.begin(
+        database_url(settings), settings, spec, as_of or date.today(), model_version
+    ) as run:
         futures = score_chunk_task.map(unmapped(run.context), run.chunks)
         return run.finish([future.result() for future in futures]).as_dict()
 

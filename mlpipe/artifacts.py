@@ -111,7 +111,9 @@ _cache: dict[tuple[str, str], ScoringModel] = {}
 _cache_lock = threading.Lock()
 
 
-def load(path: str, sha256: str, algorithm: str, columns: list[str], versions: dict[str, str]) -> ScoringModel:
+def load(
+    path: str, sha256: str, algorithm: str, columns: list[str], versions: dict[str, str]
+) -> ScoringModel:
     """Load an artifact only if its bytes match the registered sha256 and its library is compatible.
 
     Loaded models are cached per process by (path, sha256): chunk tasks share one copy."""

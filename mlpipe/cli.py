@@ -18,16 +18,23 @@ from mlpipe.errors import MlpipeError, UsageError
 from mlpipe.settings import Settings
 from mlpipe.spec import JobSpec, load_job
 
-app = typer.Typer(help="Precompute predictions for a whole population and publish them into PostgreSQL.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Precompute predictions for a whole population and publish them into PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="The database: start, stop, migrate, show its URL.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console()
 err = Console(stderr=True)
 
-JobOption = Annotated[str, typer.Option("--job", "-j", help="Job spec: a name (jobs/NAME/job.yaml) or a path.")]
+JobOption = Annotated[
+    str, typer.Option("--job", "-j", help="Job spec: a name (jobs/NAME/job.yaml) or a path.")
+]
 AsOfOption = Annotated[str | None, typer.Option("--as-of", help="Day, YYYY-MM-DD (default: today).")]
-ModelOption = Annotated[str | None, typer.Option("--model", help="Model version, e.g. churn-v3 (default: champion).")]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="Model version, e.g. churn-v3 (default: champion).")
+]
 
 
 def _day(value: str | None, option: str = "--as-of") -> date:
@@ -58,8 +65,10 @@ def _quiet_prefect() -> None:
 
 def main() -> None:
     """Console entry point: known errors become one red line and exit code 1, no traceback."""
-    logging.basicConfig(level=logging.INFO if os.environ.get("MLPIPE_VERBOSE") else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if os.environ.get("MLPIPE_VERBOSE") else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     _quiet_prefect()
     try:
         app()
@@ -74,6 +83,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the demo world.")] = 42,
 ) -> None:
     """Set up everything on the embedded database: demo data, train, score today, publish, look up."""
+    from psycopg import sql
+
     from flows.score import with_workers
     from flows.train import train_flow
     from mlpipe.demo import titanic, world
@@ -82,8 +93,10 @@ def demo(
     with console.status(f"generating a demo world of {entities:,} customers"), db.connection(url) as conn:
         summary = world.generate(conn, entities, seed=seed)
         titanic.load(conn)
-    console.print(f"demo world: {summary.entities:,} customers, {summary.events:,} events, "
-                  f"{summary.payments:,} payments, {summary.cancellations:,} cancellations")
+    console.print(
+        f"demo world: {summary.entities:,} customers, {summary.events:,} events, "
+        f"{summary.payments:,} payments, {summary.cancellations:,} cancellations"
+    )
     with console.status("training (monthly job)"):
         trained = train_flow(job="churn")
     _print_training(trained)
@@ -94,11 +107,15 @@ def demo(
         sample = conn.execute(
             "select entity_id from predictions.churn order by score desc limit 1"
         ).fetchone()
+        if sample:
+            query = sql.SQL("select * from predictions.churn where entity_id = {}").format(
+                sql.Literal(sample[0])
+            )
+            reader_sql = query.as_string(conn)
     if sample:
         lookup(str(sample[0]), job="churn", as_of=None)
         console.print("\nA frontend reads it with plain SQL, no model involved:")
-        console.print(f"  psql \"$(mlpipe db url)\" -c \"select * from predictions.churn where entity_id = {sample[0]}\"",
-                      highlight=False, soft_wrap=True)
+        console.print(f'  psql "$(mlpipe db url)" -c "{reader_sql}"', highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -146,8 +163,10 @@ def backfill(
         for day in days:
             progress.update(bar, description=f"backfill {spec.name} {day}")
             result = flow(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
-            progress.console.print(f"{day}: {result['rows_scored']:,} scored, "
-                                   f"{result['rows_quarantined']:,} quarantined (run {result['run_id']})")
+            progress.console.print(
+                f"{day}: {result['rows_scored']:,} scored, "
+                f"{result['rows_quarantined']:,} quarantined (run {result['run_id']})"
+            )
             progress.advance(bar)
 
 
@@ -175,13 +194,17 @@ def lookup(
         params.append(_day(as_of))
     with db.connection(url) as conn:
         if conn.execute("select to_regclass(%s)", [f"predictions.{table}"]).fetchone()[0] is None:
-            raise UsageError(f"nothing published for job {spec.name} yet: run `mlpipe score --job {spec.name}`")
+            raise UsageError(
+                f"nothing published for job {spec.name} yet: run `mlpipe score --job {spec.name}`"
+            )
         cur = conn.execute(query, params)
         row = cur.fetchone()
         names = [c.name for c in cur.description]
     if row is None:
-        raise UsageError(f"no prediction for {spec.entity.key} {entity_id!r} in predictions.{table}"
-                         + (f" as of {as_of}" if as_of else ""))
+        raise UsageError(
+            f"no prediction for {spec.entity.key} {entity_id!r} in predictions.{table}"
+            + (f" as of {as_of}" if as_of else "")
+        )
     out = Table(title=f"predictions.{table}", show_header=False)
     for name, value in zip(names, row, strict=True):
         out.add_row(name, str(value))
@@ -189,8 +212,10 @@ def lookup(
 
 
 @app.command()
-def runs(job: Annotated[str | None, typer.Option("--job", "-j", help="Only this job.")] = None,
-         limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+def runs(
+    job: Annotated[str | None, typer.Option("--job", "-j", help="Only this job.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+) -> None:
     """Recent training and scoring runs with their counts, model and outcome."""
     _, url, spec = _prepare(job)
     with db.connection(url) as conn:
@@ -203,12 +228,35 @@ def runs(job: Annotated[str | None, typer.Option("--job", "-j", help="Only this 
                order by r.run_id desc limit %(limit)s""",
             {"job": spec.name if spec else None, "limit": limit},
         ).fetchall()
-    out = Table("run", "job", "kind", "as of", "status", "model", "population", "scored", "quarantined",
-                "seconds", "error")
+    out = Table(
+        "run",
+        "job",
+        "kind",
+        "as of",
+        "status",
+        "model",
+        "population",
+        "scored",
+        "quarantined",
+        "seconds",
+        "error",
+    )
     for r in rows:
-        out.add_row(*[("" if v is None else f"{v:,.1f}" if isinstance(v, float) else
-                       f"{v:,}" if isinstance(v, int) and i >= 6 else str(v)) for i, v in enumerate(r[:10])],
-                    (r[10] or "")[:80])
+        out.add_row(
+            *[
+                (
+                    ""
+                    if v is None
+                    else f"{v:,.1f}"
+                    if isinstance(v, float)
+                    else f"{v:,}"
+                    if isinstance(v, int) and i >= 6
+                    else str(v)
+                )
+                for i, v in enumerate(r[:10])
+            ],
+            (r[10] or "")[:80],
+        )
     console.print(out)
 
 
@@ -218,13 +266,21 @@ def models(job: JobOption = "churn") -> None:
     _, url, spec = _prepare(job)
     with db.connection(url) as conn:
         rows = registry.list_models(conn, spec.name)
-    out = Table("version", "algorithm", "aliases", "trained as of", spec.model.metric, "brier", "decision",
-                "created")
+    out = Table(
+        "version", "algorithm", "aliases", "trained as of", spec.model.metric, "brier", "decision", "created"
+    )
     for r in rows:
         test = r["test_metrics"] or {}
-        out.add_row(r["model_version"], r["algorithm"], r["aliases"], str(r["trained_as_of"]),
-                    f"{test.get(spec.model.metric, float('nan')):.4f}", f"{test.get('brier', float('nan')):.4f}",
-                    r["decision"] or "", f"{r['created_at']:%Y-%m-%d %H:%M}")
+        out.add_row(
+            r["model_version"],
+            r["algorithm"],
+            r["aliases"],
+            str(r["trained_as_of"]),
+            f"{test.get(spec.model.metric, float('nan')):.4f}",
+            f"{test.get('brier', float('nan')):.4f}",
+            r["decision"] or "",
+            f"{r['created_at']:%Y-%m-%d %H:%M}",
+        )
     console.print(out)
 
 
@@ -258,8 +314,10 @@ def db_status() -> None:
     applied, pending = db.migration_status(url)
     with db.connection(url, autocommit=True) as conn:
         version = conn.execute("show server_version").fetchone()[0]
-    console.print(f"PostgreSQL {version}: [green]up[/]; migrations applied {len(applied)}, pending "
-                  f"{len(pending)}{': ' + ', '.join(pending) if pending else ''}")
+    console.print(
+        f"PostgreSQL {version}: [green]up[/]; migrations applied {len(applied)}, pending "
+        f"{len(pending)}{': ' + ', '.join(pending) if pending else ''}"
+    )
 
 
 @db_app.command("url")
@@ -277,8 +335,21 @@ def db_migrate() -> None:
 
 def _print_training(result: dict) -> None:
     test, base = result["test"], result["baseline"]
-    out = Table("", "roc_auc", "pr_auc", "log_loss", "brier", title=f"{result['model_version']} on the out-of-time test set")
-    out.add_row("model", f"{test['roc_auc']:.4f}", f"{test['pr_auc']:.4f}", f"{test['log_loss']:.4f}", f"{test['brier']:.4f}")
+    out = Table(
+        "",
+        "roc_auc",
+        "pr_auc",
+        "log_loss",
+        "brier",
+        title=f"{result['model_version']} on the out-of-time test set",
+    )
+    out.add_row(
+        "model",
+        f"{test['roc_auc']:.4f}",
+        f"{test['pr_auc']:.4f}",
+        f"{test['log_loss']:.4f}",
+        f"{test['brier']:.4f}",
+    )
     out.add_row("baseline rule", f"{base['roc_auc']:.4f}", f"{base['pr_auc']:.4f}", "", "")
     console.print(out)
     verdict = "[green]promoted to champion[/]" if result["promoted"] else "[yellow]kept as challenger[/]"
@@ -290,8 +361,13 @@ def _print_score(result: dict) -> None:
         f"run {result['run_id']}: {result['job']} as of {result['as_of']} with {result['model_version']}: "
         f"{result['rows_scored']:,} scored, {result['rows_quarantined']:,} quarantined of "
         f"{result['population']:,} in {result['chunks']} chunks, {result['timings']['total_s']:.2f}s; "
-        + ("published, predictions." + result["job"] + " now shows this day" if result["view_moved"]
-           else "published to history (a newer day stays in the view)")
+        + (
+            "published, predictions." + result["job"] + " now shows this day"
+            if result["view_moved"]
+            else "published to history (a newer day stays in the view)"
+        )
     )
+
+
 if __name__ == "__main__":
     main()

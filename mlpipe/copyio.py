@@ -6,9 +6,9 @@ import io
 import struct
 
 import numpy as np
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import psycopg
 from psycopg import sql
 
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -16,7 +16,9 @@ _BINARY_TRAILER = struct.pack(">h", -1)
 _WRITE_BLOCK = 1 << 20
 
 
-def copy_out(conn: psycopg.Connection, query: sql.Composable, params: dict, types: dict[str, pa.DataType]) -> pa.Table:
+def copy_out(
+    conn: psycopg.Connection, query: sql.Composable, params: dict, types: dict[str, pa.DataType]
+) -> pa.Table:
     """Run `query` through COPY ... TO STDOUT (CSV) and parse it with Arrow in C++, typed by `types`.
 
     Streams from the server into one buffer: memory follows the result size, so callers pass
@@ -56,7 +58,9 @@ def copy_in_csv(conn: psycopg.Connection, schema: str, table: str, data: pa.Tabl
     _write_blocks(conn, statement, buffer.getbuffer())
 
 
-def prediction_rows_binary(keys: np.ndarray, score: np.ndarray, decision: np.ndarray, percentile: np.ndarray) -> bytes:
+def prediction_rows_binary(
+    keys: np.ndarray, score: np.ndarray, decision: np.ndarray, percentile: np.ndarray
+) -> bytes:
     """Binary COPY payload for (bigint key, float8, bool, float4) rows, built as one numpy record
     array: every field is fixed-width, so no Python runs per row."""
     layout = np.dtype(
@@ -77,8 +81,15 @@ def prediction_rows_binary(keys: np.ndarray, score: np.ndarray, decision: np.nda
     return _BINARY_HEADER + rows.tobytes() + _BINARY_TRAILER
 
 
-def copy_predictions(conn: psycopg.Connection, schema: str, table: str, keys: np.ndarray,
-                     score: np.ndarray, decision: np.ndarray, percentile: np.ndarray) -> None:
+def copy_predictions(
+    conn: psycopg.Connection,
+    schema: str,
+    table: str,
+    keys: np.ndarray,
+    score: np.ndarray,
+    decision: np.ndarray,
+    percentile: np.ndarray,
+) -> None:
     """Write scored rows into a run table with binary COPY."""
     statement = sql.SQL(
         "copy {}.{} (entity_id, score, decision, percentile) from stdin (format binary)"

@@ -128,9 +128,7 @@ def migrate(url: str) -> list[str]:
                        sha256 text not null,
                        applied_at timestamptz not null default now())"""
             )
-            done = {
-                row[0]: row[1] for row in conn.execute("select version, sha256 from mlpipe.migrations")
-            }
+            done = {row[0]: row[1] for row in conn.execute("select version, sha256 from mlpipe.migrations")}
             for path in migration_files():
                 text = path.read_text()
                 digest = hashlib.sha256(text.encode()).hexdigest()

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import date
 
 import pandas as pd
-import pyarrow as pa
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from mlpipe.copyio import copy_out
@@ -56,7 +56,9 @@ def check_features_source(conn: psycopg.Connection, spec: JobSpec, as_of: date) 
     check_source_columns(conn, spec, features_query(spec), _params(as_of))
 
 
-def read_features(conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk: Chunk | None = None) -> pd.DataFrame:
+def read_features(
+    conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk: Chunk | None = None
+) -> pd.DataFrame:
     """Raw feature rows as of `as_of` for one chunk (or everything), streamed out with COPY."""
     try:
         table = copy_out(conn, features_query(spec, chunk), _params(as_of, chunk), source_types(spec))
@@ -65,7 +67,9 @@ def read_features(conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk: C
     return table.to_pandas()
 
 
-def plan_chunks(conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk_rows: int) -> tuple[int, list[Chunk]]:
+def plan_chunks(
+    conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk_rows: int
+) -> tuple[int, list[Chunk]]:
     """Count the population as of `as_of` and cut its keys into ranges of about chunk_rows."""
     population = sql.SQL(spec.sql("population"))
     key = sql.Identifier(spec.entity.key)
@@ -86,13 +90,16 @@ def plan_chunks(conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk_rows
             )
         ]
     except psycopg.Error as exc:
-        raise SourceError(f"job {spec.name}: the population SQL failed as of {as_of}: {str(exc).strip()}") from exc
+        raise SourceError(
+            f"job {spec.name}: the population SQL failed as of {as_of}: {str(exc).strip()}"
+        ) from exc
     if not bounds:
         return count, [Chunk(0, None, None, True)]
     highs = [*bounds[1:], None]
     lows = [None, *bounds[1:]]  # the first chunk has no lower bound
     chunks = [
-        Chunk(i, lo, hi, is_last=(i == len(bounds) - 1)) for i, (lo, hi) in enumerate(zip(lows, highs, strict=True))
+        Chunk(i, lo, hi, is_last=(i == len(bounds) - 1))
+        for i, (lo, hi) in enumerate(zip(lows, highs, strict=True))
     ]
     return count, chunks
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from mlpipe.errors import SourceError
@@ -31,7 +31,9 @@ def source_types(spec: JobSpec) -> dict[str, pa.DataType]:
     return types
 
 
-def check_source_columns(conn: psycopg.Connection, spec: JobSpec, query: sql.Composable, params: dict) -> None:
+def check_source_columns(
+    conn: psycopg.Connection, spec: JobSpec, query: sql.Composable, params: dict
+) -> None:
     """Compare the columns a query returns (without running it) with the spec; say what differs."""
     probe = sql.SQL("select * from ({}) as source limit 0").format(query)
     try:
@@ -56,17 +58,19 @@ def check_source_columns(conn: psycopg.Connection, spec: JobSpec, query: sql.Com
         if returned[name] not in _PG_TYPES[feature.kind]
     ]
     if wrong:
-        raise SourceError(f"job {spec.name}: columns of the wrong SQL type for their kind: {', '.join(wrong)}")
+        raise SourceError(
+            f"job {spec.name}: columns of the wrong SQL type for their kind: {', '.join(wrong)}"
+        )
 
 
 def find_bad_rows(frame: pd.DataFrame, spec: JobSpec) -> pd.Series:
     """The reason each row cannot be scored, or None; vectorized, first failing check wins."""
-    reasons = pd.Series(None, index=frame.index, dtype=object)
+    reasons = np.full(len(frame), None, dtype=object)
 
     def flag(mask, reason) -> None:
-        mask = np.asarray(mask, dtype=bool) & reasons.isna().to_numpy()
+        mask = np.asarray(mask, dtype=bool) & (reasons == None)  # noqa: E711 (elementwise)
         if mask.any():
-            reasons[mask] = reason if isinstance(reason, str) else reason[mask]
+            reasons[mask] = reason if isinstance(reason, str) else np.asarray(reason, dtype=object)[mask]
 
     key = frame[spec.entity.key]
     flag(key.isna(), "null key")
@@ -77,15 +81,18 @@ def find_bad_rows(frame: pd.DataFrame, spec: JobSpec) -> pd.Series:
             flag(column.isna(), f"{name}: missing")
         if feature.kind == "numeric":
             values = column.to_numpy(dtype=float, na_value=np.nan)
-            flag(np.isinf(values) | (np.isnan(values) & column.notna().to_numpy()), f"{name}: not a finite number")
+            flag(
+                np.isinf(values) | (np.isnan(values) & column.notna().to_numpy()),
+                f"{name}: not a finite number",
+            )
             if feature.min is not None:
                 flag(values < feature.min, f"{name}: below the minimum {feature.min:g}")
             if feature.max is not None:
                 flag(values > feature.max, f"{name}: above the maximum {feature.max:g}")
         elif feature.kind == "categorical" and feature.unknown == "reject":
             unknown = column.notna() & ~column.isin(feature.categories)
-            flag(unknown, ("{}: unknown category ".format(name) + column.astype(str)).to_numpy())
-    return reasons
+            flag(unknown, (f"{name}: unknown category " + column.astype(str)).to_numpy())
+    return pd.Series(reasons, index=frame.index, dtype=object)
 
 
 def matrix_columns(spec: JobSpec) -> list[str]:
@@ -102,6 +109,8 @@ def matrix_columns(spec: JobSpec) -> list[str]:
 def to_matrix(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
     """Encode checked rows as float32: numbers as they are (NaN when missing and imputed later by the
     model), booleans as 0/1, categories one-hot (all zeros when missing or unknown), then derived."""
+    zero_filled = {n: frame[n].fillna(0) for n, f in spec.features.items() if f.missing == "zero"}
+    frame = frame.assign(**zero_filled)  # derived functions see the same cleaned values as the model
     parts: list[np.ndarray] = []
     for name, feature in spec.features.items():
         column = frame[name]
@@ -109,10 +118,7 @@ def to_matrix(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
             values = column.to_numpy(dtype=object)
             parts += [(values == category).astype(np.float32) for category in feature.categories]
             continue
-        values = column.to_numpy(dtype=float, na_value=np.nan)
-        if feature.missing == "zero":
-            values = np.where(np.isnan(values), 0.0, values)
-        parts.append(values.astype(np.float32))
+        parts.append(column.to_numpy(dtype=np.float32, na_value=np.nan))
     for name, function in spec.derived_functions.items():
         values = np.asarray(function(frame), dtype=np.float32)
         if values.shape != (len(frame),):

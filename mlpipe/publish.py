@@ -51,14 +51,16 @@ def ensure_history_table(conn: psycopg.Connection, spec: JobSpec) -> None:
     conn.execute(sql.SQL("grant select on {} to {}").format(history, sql.Identifier(READER_ROLE)))
 
 
-def create_run_table(conn: psycopg.Connection, spec: JobSpec, run_id: int, as_of: date, model_version: str) -> str:
+def create_run_table(
+    conn: psycopg.Connection, spec: JobSpec, run_id: int, as_of: date, model_version: str
+) -> str:
     """The run's own table. Constant columns come from defaults so COPY only sends what varies, and
     the check on as_of lets ATTACH PARTITION skip its validation scan at publish time."""
     name = run_table_name(spec, run_id)
     conn.execute(
-        sql.SQL(
-            "create table {table} ({columns}, check (as_of = {as_of}))"
-        ).format(table=sql.Identifier(DATA_SCHEMA, name), columns=_columns(spec), as_of=sql.Literal(as_of))
+        sql.SQL("create table {table} ({columns}, check (as_of = {as_of}))").format(
+            table=sql.Identifier(DATA_SCHEMA, name), columns=_columns(spec), as_of=sql.Literal(as_of)
+        )
     )
     for column, value in (("model_version", model_version), ("as_of", as_of), ("run_id", run_id)):
         conn.execute(
@@ -80,20 +82,35 @@ def drop_run_table(conn: psycopg.Connection, table: str) -> None:
     conn.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(DATA_SCHEMA, table)))
 
 
-def publish(conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str, *,
-            lock_timeout_ms: int, attempts: int) -> bool:
+def publish(
+    conn: psycopg.Connection,
+    spec: JobSpec,
+    as_of: date,
+    run_id: int,
+    table: str,
+    *,
+    lock_timeout_ms: int,
+    attempts: int,
+) -> bool:
     """Swap the run's table in as the day's partition; move the view if the day is the newest.
 
     Returns whether the view moved. `conn` must not be in a transaction."""
     for attempt in range(1, attempts + 1):
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms")))
+                conn.execute(
+                    sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms"))
+                )
                 return _swap(conn, spec, as_of, run_id, table)
         except (errors.LockNotAvailable, errors.DeadlockDetected):
             pause = min(0.05 * attempt, 1.0)
-            log.info("publish of %s %s waited for readers (attempt %d); retrying in %.2fs",
-                     spec.name, as_of, attempt, pause)
+            log.info(
+                "publish of %s %s waited for readers (attempt %d); retrying in %.2fs",
+                spec.name,
+                as_of,
+                attempt,
+                pause,
+            )
             time.sleep(pause)
     raise PublishTimeoutError(
         f"could not publish {spec.name} for {as_of}: readers held locks through {attempts} attempts of "
@@ -109,14 +126,21 @@ def _swap(conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, tab
         [spec.name, as_of],
     ).fetchone()
     previous = row[0] if row else None
-    newest = conn.execute("select max(as_of) from mlpipe.partitions where job = %s", [spec.name]).fetchone()[0]
+    newest = conn.execute("select max(as_of) from mlpipe.partitions where job = %s", [spec.name]).fetchone()[
+        0
+    ]
     if previous:
         conn.execute(
-            sql.SQL("alter table {} detach partition {}").format(history, sql.Identifier(DATA_SCHEMA, previous))
+            sql.SQL("alter table {} detach partition {}").format(
+                history, sql.Identifier(DATA_SCHEMA, previous)
+            )
         )
     conn.execute(
         sql.SQL("alter table {} attach partition {} for values from ({}) to ({})").format(
-            history, sql.Identifier(DATA_SCHEMA, table), sql.Literal(as_of), sql.Literal(as_of + timedelta(days=1))
+            history,
+            sql.Identifier(DATA_SCHEMA, table),
+            sql.Literal(as_of),
+            sql.Literal(as_of + timedelta(days=1)),
         )
     )
     moves_view = newest is None or as_of >= newest

@@ -54,7 +54,9 @@ _SELECT_MODEL = """
 def next_version(conn: psycopg.Connection, job: str) -> int:
     """The next version number of a job (serialized by a transaction-level lock on the job)."""
     conn.execute("select pg_advisory_xact_lock(hashtextextended('mlpipe.models:' || %s, 0))", [job])
-    row = conn.execute("select coalesce(max(version), 0) + 1 from mlpipe.models where job = %s", [job]).fetchone()
+    row = conn.execute(
+        "select coalesce(max(version), 0) + 1 from mlpipe.models where job = %s", [job]
+    ).fetchone()
     return row[0]
 
 
@@ -65,8 +67,9 @@ def register(conn: psycopg.Connection, spec: JobSpec, version: int, record: dict
         """insert into mlpipe.models (job, version, model_version, algorithm, trained_as_of, artifact_uri,
                artifact_sha256, metrics, params, feature_schema, training_window, row_counts, reference,
                library_versions, code_version, promotion)
-           values (%(job)s, %(version)s, %(model_version)s, %(algorithm)s, %(trained_as_of)s, %(artifact_uri)s,
-               %(artifact_sha256)s, %(metrics)s, %(params)s, %(feature_schema)s, %(training_window)s,
+           values (%(job)s, %(version)s, %(model_version)s, %(algorithm)s, %(trained_as_of)s,
+               %(artifact_uri)s, %(artifact_sha256)s, %(metrics)s, %(params)s, %(feature_schema)s,
+               %(training_window)s,
                %(row_counts)s, %(reference)s, %(library_versions)s, %(code_version)s, %(promotion)s)
            returning model_id""",
         {"job": spec.name, "version": version, "model_version": f"{spec.name}-v{version}", **jsonb},
@@ -74,7 +77,9 @@ def register(conn: psycopg.Connection, spec: JobSpec, version: int, record: dict
     return get(conn, spec.name, model_id=row[0])
 
 
-def get(conn: psycopg.Connection, job: str, *, model_id: int | None = None, model_version: str | None = None) -> ModelVersion:
+def get(
+    conn: psycopg.Connection, job: str, *, model_id: int | None = None, model_version: str | None = None
+) -> ModelVersion:
     """A model by id or by version name ("churn-v3" or "3")."""
     if model_id is None and model_version is not None and "-v" not in str(model_version):
         model_version = f"{job}-v{model_version}"

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
@@ -95,27 +94,49 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         good = frame[~bad]
         scores = model.predict(to_matrix(good, spec))
         if not np.isfinite(scores).all():
-            raise RunFailedError(f"model {ctx.model.model_version} produced non-finite scores in chunk {chunk.chunk_no}")
+            raise RunFailedError(
+                f"model {ctx.model.model_version} produced non-finite scores in chunk {chunk.chunk_no}"
+            )
         # Percentile against the model's out-of-time test scores: stable from day to day, one pass.
-        percentile = (100.0 * np.searchsorted(reference, scores, side="right") / len(reference)).astype(np.float32)
+        percentile = (100.0 * np.searchsorted(reference, scores, side="right") / len(reference)).astype(
+            np.float32
+        )
         keys = good[spec.entity.key].to_numpy()
         with conn.transaction():
-            copy_predictions(conn, publish.DATA_SCHEMA, ctx.table, keys, scores,
-                             scores >= ctx.threshold, percentile)
+            copy_predictions(
+                conn, publish.DATA_SCHEMA, ctx.table, keys, scores, scores >= ctx.threshold, percentile
+            )
             if bad.any():
                 quarantined = frame[bad]
-                copy_in_csv(conn, "mlpipe", "quarantine", pa.table({
-                    "run_id": pa.array(np.full(int(bad.sum()), ctx.run_id, dtype=np.int64)),
-                    "entity_id": pa.array(quarantined[spec.entity.key].astype("string").to_numpy(na_value=None),
-                                          type=pa.string()),
-                    "reason": pa.array(reasons[bad].to_numpy(dtype=object), type=pa.string()),
-                }))
+                copy_in_csv(
+                    conn,
+                    "mlpipe",
+                    "quarantine",
+                    pa.table(
+                        {
+                            "run_id": pa.array(np.full(int(bad.sum()), ctx.run_id, dtype=np.int64)),
+                            "entity_id": pa.array(
+                                quarantined[spec.entity.key].astype("string").to_numpy(na_value=None),
+                                type=pa.string(),
+                            ),
+                            "reason": pa.array(reasons[bad].to_numpy(dtype=object), type=pa.string()),
+                        }
+                    ),
+                )
             seconds = time.monotonic() - started
             conn.execute(
                 """insert into mlpipe.run_chunks (run_id, chunk_no, key_lo, key_hi, rows_in, rows_scored,
                        rows_quarantined, seconds) values (%s, %s, %s, %s, %s, %s, %s, %s)""",
-                [ctx.run_id, chunk.chunk_no, _text(chunk.key_lo), _text(chunk.key_hi), len(frame),
-                 len(good), int(bad.sum()), seconds],
+                [
+                    ctx.run_id,
+                    chunk.chunk_no,
+                    _text(chunk.key_lo),
+                    _text(chunk.key_hi),
+                    len(frame),
+                    len(good),
+                    int(bad.sum()),
+                    seconds,
+                ],
             )
     histogram = np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
     return ChunkResult(chunk.chunk_no, len(frame), len(good), int(bad.sum()), seconds, histogram.tolist())
@@ -136,8 +157,9 @@ class ScoringRun:
         self.table: str | None = None
 
     @classmethod
-    def begin(cls, url: str, settings: Settings, spec: JobSpec, as_of: date,
-              model_version: str | None = None) -> ScoringRun:
+    def begin(
+        cls, url: str, settings: Settings, spec: JobSpec, as_of: date, model_version: str | None = None
+    ) -> ScoringRun:
         """Take the (job, day) lock, resolve and verify the model, create the run table, plan chunks."""
         spec.check_as_of(as_of)
         run = cls(url, settings, spec, as_of)
@@ -174,8 +196,15 @@ class ScoringRun:
             "update mlpipe.runs set population = %s, chunks = %s where run_id = %s",
             [self.population, len(self.chunks), self.run_id],
         )
-        log.info("run %s: %s as of %s with %s, %d entities in %d chunks", self.run_id, spec.name, as_of,
-                 self.model.model_version, self.population, len(self.chunks))
+        log.info(
+            "run %s: %s as of %s with %s, %d entities in %d chunks",
+            self.run_id,
+            spec.name,
+            as_of,
+            self.model.model_version,
+            self.population,
+            len(self.chunks),
+        )
 
     def _lock_holder_message(self) -> str:
         row = self.conn.execute(
@@ -184,9 +213,15 @@ class ScoringRun:
                order by started_at desc limit 1""",
             [self.spec.name, self.as_of],
         ).fetchone()
-        holder = f"run {row[0]} (pid {row[2]} on {row[1]}, started {row[3]:%Y-%m-%d %H:%M:%S})" if row else "another run"
-        return (f"{holder} is already scoring {self.spec.name} for {self.as_of}; wait for it to finish "
-                "(`mlpipe runs`) and run again")
+        holder = (
+            f"run {row[0]} (pid {row[2]} on {row[1]}, started {row[3]:%Y-%m-%d %H:%M:%S})"
+            if row
+            else "another run"
+        )
+        return (
+            f"{holder} is already scoring {self.spec.name} for {self.as_of}; wait for it to finish "
+            "(`mlpipe runs`) and run again"
+        )
 
     def _abandon_crashed_runs(self) -> None:
         # We hold the lock, so any run of this (job, day) still marked running has died.
@@ -198,8 +233,12 @@ class ScoringRun:
         ).fetchall()
         for (run_id,) in crashed:
             publish.drop_run_table(self.conn, publish.run_table_name(self.spec, run_id))
-            log.warning("run %s of %s for %s had crashed; its partial table was dropped", run_id,
-                        self.spec.name, self.as_of)
+            log.warning(
+                "run %s of %s for %s had crashed; its partial table was dropped",
+                run_id,
+                self.spec.name,
+                self.as_of,
+            )
 
     @property
     def context(self) -> RunContext:
@@ -241,20 +280,41 @@ class ScoringRun:
         publish.index_run_table(self.conn, self.table)
         self.timings["index_s"] = round(time.monotonic() - indexed, 3)
         swap = time.monotonic()
-        moved = publish.publish(self.conn, self.spec, self.as_of, self.run_id, self.table,
-                                lock_timeout_ms=self.settings.lock_timeout_ms,
-                                attempts=self.settings.publish_retries)
+        moved = publish.publish(
+            self.conn,
+            self.spec,
+            self.as_of,
+            self.run_id,
+            self.table,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+            attempts=self.settings.publish_retries,
+        )
         self.timings["publish_s"] = round(time.monotonic() - swap, 4)
         self.timings["total_s"] = round(time.monotonic() - self.started, 3)
         histogram = np.sum([r.histogram for r in results], axis=0).tolist() if results else []
         self.conn.execute(
             """update mlpipe.runs set rows_scored = %s, rows_quarantined = %s, timings = %s,
                    score_histogram = %s where run_id = %s""",
-            [scored, quarantined, Jsonb(self.timings),
-             Jsonb({"bins": HISTOGRAM_BINS, "range": [0, 1], "counts": histogram}), self.run_id],
+            [
+                scored,
+                quarantined,
+                Jsonb(self.timings),
+                Jsonb({"bins": HISTOGRAM_BINS, "range": [0, 1], "counts": histogram}),
+                self.run_id,
+            ],
         )
-        return RunSummary(self.run_id, self.spec.name, self.as_of, self.model.model_version, self.population,
-                          scored, quarantined, len(results), moved, self.timings)
+        return RunSummary(
+            self.run_id,
+            self.spec.name,
+            self.as_of,
+            self.model.model_version,
+            self.population,
+            scored,
+            quarantined,
+            len(results),
+            moved,
+            self.timings,
+        )
 
     def _gates(self, rows_in: int, scored: int, quarantined: int) -> dict:
         limit = self.spec.outputs.max_quarantine_rate
@@ -267,7 +327,8 @@ class ScoringRun:
             },
             "quarantine_rate": {
                 "passed": rate <= limit,
-                "message": f"{quarantined} of {rows_in} rows quarantined ({rate:.2%}, the job allows {limit:.2%})",
+                "message": f"{quarantined} of {rows_in} rows quarantined ({rate:.2%}; "
+                f"the job allows {limit:.2%})",
             },
             "scored_rows": {
                 "passed": scored > 0 or self.population == 0,

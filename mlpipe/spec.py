@@ -82,7 +82,9 @@ class Training(_Strict):
 
 
 class Baseline(_Strict):
-    feature: str = Field(description="A model input: a numeric, boolean or derived feature, or 'name=category'.")
+    feature: str = Field(
+        description="A model input: a numeric, boolean or derived feature, or 'name=category'."
+    )
     direction: Literal["higher_is_positive", "lower_is_positive"] = "higher_is_positive"
 
 
@@ -139,7 +141,9 @@ class JobSpec(_Strict):
             for category in (feature.categories or [None])
         }
         if self.model.baseline.feature not in known:
-            raise ValueError(f"baseline feature {self.model.baseline.feature!r} is not one of {sorted(known)}")
+            raise ValueError(
+                f"baseline feature {self.model.baseline.feature!r} is not one of {sorted(known)}"
+            )
         if len({c.name for c in self.model.candidates}) != len(self.model.candidates):
             raise ValueError("candidate names must be unique")
         return self

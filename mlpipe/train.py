@@ -92,14 +92,23 @@ def build_training_set(conn: psycopg.Connection, spec: JobSpec, as_of: date, chu
     if spec.history:
         split = np.where(frame["cutoff"] == cutoffs[-1], "test", "train")
         split = np.where(frame["cutoff"] == cutoffs[-2], "validation", split)
-        window = {"kind": "time", "cutoffs": [c.isoformat() for c in cutoffs],
-                  "horizon_days": spec.training.horizon_days,
-                  "train": [c.isoformat() for c in cutoffs[:-2]],
-                  "validation": cutoffs[-2].isoformat(), "test": cutoffs[-1].isoformat()}
+        window = {
+            "kind": "time",
+            "cutoffs": [c.isoformat() for c in cutoffs],
+            "horizon_days": spec.training.horizon_days,
+            "train": [c.isoformat() for c in cutoffs[:-2]],
+            "validation": cutoffs[-2].isoformat(),
+            "test": cutoffs[-1].isoformat(),
+        }
     else:
         split = _stratified_split(labels, spec)
-        window = {"kind": "stratified", "seed": spec.training.seed, "as_of": as_of.isoformat(),
-                  "validation_share": spec.training.validation_share, "test_share": spec.training.test_share}
+        window = {
+            "kind": "stratified",
+            "seed": spec.training.seed,
+            "as_of": as_of.isoformat(),
+            "validation_share": spec.training.validation_share,
+            "test_share": spec.training.test_share,
+        }
     counts.update({name: int((split == name).sum()) for name in SPLITS})
     return TrainingSet(frame, to_matrix(frame, spec), labels, split, window, counts)
 
@@ -128,8 +137,9 @@ class _Deadline(xgb.callback.TrainingCallback):
         return time.monotonic() > self.deadline
 
 
-def fit_candidate(candidate: Candidate, data: TrainingSet, columns: list[str], seed: int,
-                  deadline: float) -> artifacts.ScoringModel:
+def fit_candidate(
+    candidate: Candidate, data: TrainingSet, columns: list[str], seed: int, deadline: float
+) -> artifacts.ScoringModel:
     """Fit one candidate on the train split (boosted trees stop early on validation)."""
     x_train, y_train = data.part("train")
     params = dict(candidate.params)
@@ -153,8 +163,13 @@ def fit_candidate(candidate: Candidate, data: TrainingSet, columns: list[str], s
     patience = int(params.pop("early_stopping_rounds", 30))
     x_valid, y_valid = data.part("validation")
     booster = xgb.train(
-        {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist", "seed": seed,
-         **params},
+        {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "seed": seed,
+            **params,
+        },
         xgb.DMatrix(x_train, label=y_train, feature_names=None),
         num_boost_round=rounds,
         evals=[(xgb.DMatrix(x_valid, label=y_valid), "validation")],
@@ -268,12 +283,17 @@ def _train(conn, settings: Settings, spec: JobSpec, as_of: date, run_id: int, de
             "artifact_sha256": sha256,
             "metrics": metrics,
             "params": {c.name: c.params for c in spec.model.candidates},
-            "feature_schema": {"columns": columns, "features": spec.model_dump(mode="json")["features"],
-                               "derived": list(spec.derived)},
+            "feature_schema": {
+                "columns": columns,
+                "features": spec.model_dump(mode="json")["features"],
+                "derived": list(spec.derived),
+            },
             "training_window": data.window,
             "row_counts": data.counts,
-            "reference": {"scores": score_reference(best_model.predict(x_test)),
-                          "features": feature_reference(data, columns)},
+            "reference": {
+                "scores": score_reference(best_model.predict(x_test)),
+                "features": feature_reference(data, columns),
+            },
             "library_versions": {**artifacts.library_versions(), "python": platform.python_version()},
             "code_version": f"mlpipe {mlpipe.__version__}",
             "promotion": decision,
@@ -281,7 +301,10 @@ def _train(conn, settings: Settings, spec: JobSpec, as_of: date, run_id: int, de
     )
     promoted = decision["decision"] == "promote"
     registry.set_alias(
-        conn, spec.name, "champion" if promoted else "challenger", model.model_id,
+        conn,
+        spec.name,
+        "champion" if promoted else "challenger",
+        model.model_id,
         f"training run {run_id}: " + "; ".join(decision["reasons"]),
     )
     conn.commit()

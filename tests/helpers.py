@@ -25,9 +25,9 @@ def score(job: str, day: date, model_version: str | None = None) -> dict:
 def published(conn: psycopg.Connection, job: str = "churn") -> dict:
     """entity_id -> (score, decision, percentile, model_version, as_of, run_id) from the view."""
     rows = conn.execute(
-        sql.SQL(
-            "select entity_id, score, decision, percentile, model_version, as_of, run_id from {}"
-        ).format(sql.Identifier("predictions", job))
+        sql.SQL("select entity_id, score, decision, percentile, model_version, as_of, run_id from {}").format(
+            sql.Identifier("predictions", job)
+        )
     ).fetchall()
     return {r[0]: r[1:] for r in rows}
 

@@ -6,8 +6,8 @@ missing ages, and no event history (a snapshot).
 
 from __future__ import annotations
 
-import pyarrow as pa
 import psycopg
+import pyarrow as pa
 
 from mlpipe.copyio import copy_in_csv
 

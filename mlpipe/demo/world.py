@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
-import pyarrow as pa
 import psycopg
+import pyarrow as pa
 
 from mlpipe.copyio import copy_in_csv
 
@@ -73,10 +73,12 @@ class WorldSummary:
     end: date
 
 
-def generate(conn: psycopg.Connection, entities: int, *, seed: int = 42, end: date | None = None) -> WorldSummary:
+def generate(
+    conn: psycopg.Connection, entities: int, *, seed: int = 42, end: date | None = None
+) -> WorldSummary:
     """Replace the demo schema with a world of `entities` customers whose history ends at `end`."""
     end = end or date.today()
-    start = datetime.combine(end - timedelta(days=HISTORY_DAYS), datetime.min.time(), tzinfo=timezone.utc)
+    start = datetime.combine(end - timedelta(days=HISTORY_DAYS), datetime.min.time(), tzinfo=UTC)
     rng = np.random.default_rng(seed)
     totals = dict(events=0, payments=0, cancellations=0)
     with conn.transaction():

@@ -66,7 +66,9 @@ def test_rescoring_a_day_replaces_it(conn):
     ).fetchone()[0]
     assert dupes == 0
     assert {r[5] for r in published(conn).values()} == {second["run_id"]}
-    first_table = conn.execute("select to_regclass(%s)", [f"mlpipe_data.churn_r{first['run_id']}"]).fetchone()[0]
+    first_table = conn.execute(
+        "select to_regclass(%s)", [f"mlpipe_data.churn_r{first['run_id']}"]
+    ).fetchone()[0]
     assert first_table is None, "the replaced day's table is dropped"
 
 
@@ -95,11 +97,14 @@ def test_second_run_of_the_same_day_fails_fast_naming_the_holder(db_url, conn):
 
 def test_quarantine_keeps_unscorable_rows_with_their_reason(conn):
     day = days_ago(1)
-    bad_ids = [r[0] for r in conn.execute(
-        """update demo.customers set plan = 'platinum' where customer_id in (
+    bad_ids = [
+        r[0]
+        for r in conn.execute(
+            """update demo.customers set plan = 'platinum' where customer_id in (
                select customer_id from demo.customers where signup_at < now() - interval '30 days'
                order by customer_id limit 3) returning customer_id"""
-    )]
+        )
+    ]
     # Allow up to 1% (the job's limit); 3 rows of ~1,200 stay below it.
     result = score("churn", day)
 
@@ -137,7 +142,8 @@ def test_too_many_bad_rows_stop_the_run_before_publish(conn):
 def test_a_tampered_artifact_is_refused(conn):
     conn.execute(
         """update mlpipe.models set artifact_sha256 = repeat('0', 64)
-           where model_id = (select model_id from mlpipe.model_aliases where job = 'churn' and alias = 'champion')"""
+           where model_id = (
+               select model_id from mlpipe.model_aliases where job = 'churn' and alias = 'champion')"""
     )
     with pytest.raises(ArtifactError, match="does not match its registered sha256"):
         score("churn", days_ago(1))

@@ -1,0 +1,65 @@
+"""The mlpipe command as an operator runs it: clear errors, no traceback, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.integration]
+
+
+def mlpipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlpipe.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["score", "--as-of", "2026-02-30"], "--as-of '2026-02-30' is not a date: use YYYY-MM-DD"),
+        (["score", "--as-of", "2999-01-01"], "as_of 2999-01-01 is in the future"),
+        (["score", "--job", "no_such_job"], "no job of that name"),
+        (["backfill", "--start", "2026-03-05", "--end", "2026-03-01"], "is after its end"),
+        (["lookup", "abc"], "bigint keys; 'abc' is not an integer"),
+        (["lookup", "1"], "nothing published for job churn yet"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(db_url, args, message):
+    out = mlpipe(*args)
+    assert out.returncode == 1
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_a_malformed_spec_says_which_field(db_url, tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: Bad-Name\nentity: {key: id, type: uuid}\n")
+    out = mlpipe("score", "--job", str(spec))
+    assert out.returncode == 1
+    assert "name: String should match pattern" in out.stderr
+    assert "entity.type: Input should be 'bigint' or 'text'" in out.stderr
+
+
+def test_missing_source_table_is_named(db_url, conn):
+    conn.execute("alter table demo.customers rename to customers_old")
+    out = mlpipe("score")
+    assert out.returncode == 1
+    assert 'relation "demo.customers" does not exist' in out.stderr
+
+
+def test_db_status_url_and_models(db_url):
+    status = mlpipe("db", "status")
+    assert status.returncode == 0 and "migrations applied 4, pending 0" in status.stdout
+    assert mlpipe("db", "url").stdout.strip() == db_url
+    models = mlpipe("models", "--job", "churn")
+    assert "churn-v1" in models.stdout and "champion" in models.stdout
+    runs = mlpipe("runs")
+    assert runs.returncode == 0 and "train" in runs.stdout

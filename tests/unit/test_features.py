@@ -1,0 +1,77 @@
+"""Row checks and encoding, on frames shaped like what COPY returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlpipe.features import baseline_values, find_bad_rows, matrix_columns, to_matrix
+from mlpipe.settings import Settings
+from mlpipe.spec import load_job
+
+
+@pytest.fixture(scope="module")
+def churn():
+    return load_job("churn", Settings())
+
+
+def frame(**overrides) -> pd.DataFrame:
+    base = {
+        "customer_id": [1, 2, 3],
+        "tenure_days": [100.0, 200.0, 300.0],
+        "plan": ["basic", "premium", "standard"],
+        "is_marketing_opt_in": [True, False, True],
+        "sessions_30d": [3.0, 0.0, None],
+        "sessions_prev_30d": [6.0, 1.0, 2.0],
+        "days_since_last_session": [1.0, None, 4.0],
+        "support_tickets_30d": [0.0, 1.0, 0.0],
+        "payments_90d": [3.0, 3.0, 0.0],
+        "payments_failed_90d": [0.0, 2.0, 0.0],
+    }
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_clean_rows_pass(churn):
+    assert find_bad_rows(frame(), churn).isna().all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"customer_id": [1, None, 3]}, "null key"),
+        ({"tenure_days": [100.0, -5.0, 300.0]}, "tenure_days: below the minimum 0"),
+        ({"tenure_days": [100.0, None, 300.0]}, "tenure_days: missing"),
+        ({"tenure_days": [100.0, np.inf, 300.0]}, "tenure_days: not a finite number"),
+        ({"plan": ["basic", "gold", "standard"]}, "plan: unknown category gold"),
+        ({"sessions_prev_30d": [6.0, -1.0, 2.0]}, "sessions_prev_30d: below the minimum 0"),
+    ],
+)
+def test_each_impossible_value_gets_its_reason(churn, overrides, reason):
+    reasons = find_bad_rows(frame(**overrides), churn)
+    assert reasons.tolist() == [None, reason, None]
+
+
+def test_duplicate_keys_are_all_flagged(churn):
+    reasons = find_bad_rows(frame(customer_id=[7, 7, 8]), churn)
+    assert reasons.tolist() == ["duplicate key", "duplicate key", None]
+
+
+def test_matrix_encodes_kinds_and_missing_rules(churn):
+    matrix = to_matrix(frame(), churn)
+    columns = matrix_columns(churn)
+    assert matrix.shape == (3, len(columns)) and matrix.dtype == np.float32
+    col = {name: matrix[:, i] for i, name in enumerate(columns)}
+    assert col["plan=basic"].tolist() == [1, 0, 0] and col["plan=premium"].tolist() == [0, 1, 0]
+    assert col["is_marketing_opt_in"].tolist() == [1, 0, 1]
+    assert col["sessions_30d"].tolist() == [3, 0, 0], "missing: zero fills with 0"
+    assert np.isnan(col["days_since_last_session"][1]), "missing: impute leaves NaN for the model"
+    assert col["session_trend"].tolist() == pytest.approx([4 / 7, 1 / 2, 1 / 3])
+    assert col["failed_payment_share"].tolist() == pytest.approx([0, 2 / 3, 0])
+
+
+def test_baseline_rule_follows_its_direction_and_fills_missing(churn):
+    matrix = to_matrix(frame(), churn)
+    values = baseline_values(matrix, churn)  # days_since_last_session, higher is positive
+    assert values.tolist() == [1.0, 2.5, 4.0]
