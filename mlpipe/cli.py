@@ -228,35 +228,11 @@ def runs(
                order by r.run_id desc limit %(limit)s""",
             {"job": spec.name if spec else None, "limit": limit},
         ).fetchall()
-    out = Table(
-        "run",
-        "job",
-        "kind",
-        "as of",
-        "status",
-        "model",
-        "population",
-        "scored",
-        "quarantined",
-        "seconds",
-        "error",
-    )
-    for r in rows:
-        out.add_row(
-            *[
-                (
-                    ""
-                    if v is None
-                    else f"{v:,.1f}"
-                    if isinstance(v, float)
-                    else f"{v:,}"
-                    if isinstance(v, int) and i >= 6
-                    else str(v)
-                )
-                for i, v in enumerate(r[:10])
-            ],
-            (r[10] or "")[:80],
-        )
+    out = Table("run", "job", "kind", "as of", "status", "model", "population", "scored", "quarantined")
+    out.add_column("seconds")
+    out.add_column("error")
+    for row in rows:
+        out.add_row(str(row[0]), *(_cell(value) for value in row[1:-1]), (row[-1] or "")[:80])
     console.print(out)
 
 
@@ -331,6 +307,16 @@ def db_migrate() -> None:
     """Apply pending migrations."""
     applied = db.migrate(db.database_url(Settings()))
     console.print(f"applied: {', '.join(applied) or 'nothing pending'}")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) or type(value).__name__ == "Decimal":
+        return f"{float(value):,.1f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
 
 
 def _print_training(result: dict) -> None:

@@ -76,8 +76,13 @@ class RunSummary:
         return {**asdict(self), "as_of": self.as_of.isoformat()}
 
 
-@lru_cache(maxsize=32)
 def _spec(path: str) -> JobSpec:
+    # Keyed by modification time too: a long-lived worker picks up an edited spec.
+    return _load_spec(path, Path(path).stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _load_spec(path: str, mtime_ns: int) -> JobSpec:
     return load_job(Path(path), Settings())
 
 
@@ -92,7 +97,7 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         reasons = find_bad_rows(frame, spec)
         bad = reasons.notna().to_numpy()
         good = frame[~bad]
-        scores = model.predict(to_matrix(good, spec))
+        scores = model.predict(to_matrix(good, spec)) if len(good) else np.empty(0)
         if not np.isfinite(scores).all():
             raise RunFailedError(
                 f"model {ctx.model.model_version} produced non-finite scores in chunk {chunk.chunk_no}"

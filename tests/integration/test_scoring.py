@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mlpipe.errors import ArtifactError, ModelNotFoundError, RunFailedError, RunLockedError
+from mlpipe.db import connection
+from mlpipe.errors import (
+    ArtifactError,
+    ModelNotFoundError,
+    PublishTimeoutError,
+    RunFailedError,
+    RunLockedError,
+)
 from mlpipe.score import ScoringRun
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
@@ -155,3 +162,22 @@ def test_a_named_model_version_scores_instead_of_the_champion(conn):
     assert result["model_version"] == "churn-v1"
     with pytest.raises(ModelNotFoundError, match="has no model churn-v99"):
         score("churn", days_ago(1), model_version="churn-v99")
+
+
+def test_a_reader_holding_the_view_delays_publish_but_never_sees_a_mix(db_url, conn, monkeypatch):
+    day = days_ago(1)
+    first = score("churn", day)
+    before = published(conn)
+    monkeypatch.setenv("MLPIPE_LOCK_TIMEOUT_MS", "20")
+    monkeypatch.setenv("MLPIPE_PUBLISH_RETRIES", "3")
+
+    with connection(db_url) as reader:
+        reader.execute("select count(*) from predictions.churn")  # holds its lock until the end
+        with pytest.raises(PublishTimeoutError, match="previous predictions are still live"):
+            score("churn", day)
+        assert {r[5] for r in published(reader).values()} == {first["run_id"]}
+        reader.rollback()
+
+    assert published(conn) == before
+    again = score("churn", day)
+    assert {r[5] for r in published(conn).values()} == {again["run_id"]}
