@@ -34,10 +34,14 @@ def test_churners_fade_before_they_leave(conn):
     # The causal story the models learn: sessions thin out in the weeks before a cancellation.
     ratio = conn.execute(
         """with last_month as (
-               select x.customer_id, count(e.*) filter (where e.event_at >= x.canceled_at - interval '30 days')
-                   as sessions_last_30d,
-                   count(e.*) filter (where e.event_at < x.canceled_at - interval '60 days'
-                                      and e.event_at >= x.canceled_at - interval '90 days') as sessions_earlier_30d
+               select
+                   x.customer_id,
+                   count(e.*) filter (where e.event_at >= x.canceled_at - interval '30 days')
+                       as sessions_last_30d,
+                   count(e.*) filter (
+                       where e.event_at < x.canceled_at - interval '60 days'
+                           and e.event_at >= x.canceled_at - interval '90 days'
+                   ) as sessions_earlier_30d
                from demo.cancellations x
                join demo.customers c using (customer_id)
                left join demo.events e on e.customer_id = x.customer_id and e.kind = 'session'
