@@ -18,12 +18,36 @@ def train_task(job: str, as_of: date) -> dict:
     spec = load_job(job, settings)
     with connection(database_url(settings)) as conn:
         result = train.train(conn, settings, spec, as_of)
+    return summary(result, spec.model.metric)
+
+
+def summary(result: train.TrainResult, metric: str) -> dict:
+    """What the flow returns and the CLI prints: every candidate, the baseline and the champion."""
+    metrics = result.metrics
+
+    def brief(values: dict | None) -> dict | None:
+        return None if values is None else {k: v for k, v in values.items() if k != "reliability"}
+
     return {
         "model_version": result.model.model_version,
         "promoted": result.promoted,
         "decision": result.decision,
-        "test": {k: v for k, v in result.metrics["test"].items() if k != "reliability"},
-        "baseline": result.metrics["baseline"],
+        "metric": metric,
+        "test": brief(metrics["test"]),
+        "baseline": metrics["baseline"],
+        "champion": brief(metrics["champion"]),
+        "chosen": metrics["chosen"],
+        "calibration": metrics["calibration"]["chosen"],
+        "candidates": {
+            name: {
+                "algorithm": c["algorithm"],
+                "validation": c["validation"][metric],
+                "test": brief(c["test"]),
+                "behaviour_passed": c["behaviour"]["passed"],
+                "configurations": len(c["search"]),
+            }
+            for name, c in metrics["candidates"].items()
+        },
         "run_id": result.run_id,
     }
 

@@ -1,14 +1,17 @@
-"""Model artifacts: formats that execute no code on load, sha256-verified before use.
+"""Model artifacts, sha256-verified before use.
 
-XGBoost models are stored in XGBoost's own UBJSON format; linear models as plain JSON
-(imputation values, scaling, coefficients). Both predict with the same code in evaluation and
-in daily scoring, so a row gets the same score either way.
+XGBoost models are stored in XGBoost's own UBJSON format and linear models as plain JSON
+(imputation values, scaling, coefficients): neither executes code on load. Scikit-learn's boosted
+trees have no such format; they are pickled, and unpickled only after the file matches its
+registered sha256 and the scikit-learn version matches the one that wrote it. Evaluation and daily
+scoring predict through the same objects, so a row gets the same score either way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +94,73 @@ class XGBoostModel:
         return cls(columns=columns, booster=booster)
 
 
+@dataclass
+class SklearnModel:
+    """A scikit-learn classifier (HistGradientBoosting), pickled."""
+
+    columns: list[str]
+    estimator: object
+    algorithm: str = "hist_gradient_boosting"
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(matrix)[:, 1], dtype=np.float64)
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(self.estimator, protocol=5)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, columns: list[str]) -> SklearnModel:
+        # Only reached after the sha256 and scikit-learn version checks in load().
+        return cls(columns=columns, estimator=pickle.loads(data))  # noqa: S301
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A map from raw to calibrated probabilities: Platt scaling or isotonic steps, as numbers."""
+
+    method: str  # "sigmoid" or "isotonic"
+    values: dict
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        if self.method == "sigmoid":
+            clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+            logit = np.log(clipped / (1 - clipped))
+            return 1.0 / (1.0 + np.exp(-(self.values["a"] * logit + self.values["b"])))
+        return np.interp(scores, self.values["x"], self.values["y"])
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, **self.values}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Calibration | None:
+        if not data or data.get("method") in (None, "none"):
+            return None
+        values = {k: v for k, v in data.items() if k in ("a", "b", "x", "y")}
+        return cls(method=data["method"], values=values)
+
+
+@dataclass
+class CalibratedModel:
+    """A model whose probabilities pass through a calibration map."""
+
+    base: ScoringModel
+    calibration: Calibration
+
+    @property
+    def algorithm(self) -> str:
+        return self.base.algorithm
+
+    @property
+    def columns(self) -> list[str]:
+        return self.base.columns
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        return self.calibration.apply(self.base.predict(matrix))
+
+    def to_bytes(self) -> bytes:
+        return self.base.to_bytes()
+
+
 def library_versions() -> dict[str, str]:
     """Versions recorded with every artifact and checked before it is loaded."""
     return {"xgboost": xgb.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
@@ -107,17 +177,22 @@ def save(model: ScoringModel, folder: Path, name: str) -> tuple[str, str]:
     return str(path), hashlib.sha256(data).hexdigest()
 
 
-_cache: dict[tuple[str, str], ScoringModel] = {}
+_cache: dict[tuple[str, str, str], ScoringModel] = {}
 _cache_lock = threading.Lock()
 
 
 def load(
-    path: str, sha256: str, algorithm: str, columns: list[str], versions: dict[str, str]
+    path: str,
+    sha256: str,
+    algorithm: str,
+    columns: list[str],
+    versions: dict[str, str],
+    calibration: dict | None = None,
 ) -> ScoringModel:
     """Load an artifact only if its bytes match the registered sha256 and its library is compatible.
 
-    Loaded models are cached per process by (path, sha256): chunk tasks share one copy."""
-    key = (path, sha256)
+    Loaded models are cached per process by (path, sha256, calibration): chunk tasks share one copy."""
+    key = (path, sha256, json.dumps(calibration, sort_keys=True))
     with _cache_lock:
         if key in _cache:
             return _cache[key]
@@ -137,10 +212,15 @@ def load(
             model: ScoringModel = XGBoostModel.from_bytes(data, columns)
         elif algorithm == "logistic_regression":
             model = LinearModel.from_bytes(data)
+        elif algorithm == "hist_gradient_boosting":
+            model = SklearnModel.from_bytes(data, columns)
         else:
             raise ArtifactError(f"unknown model algorithm {algorithm!r} for artifact {path}")
         if model.columns != columns:
             raise ArtifactError(f"model artifact {path} was made for other feature columns")
+        calibrated = Calibration.from_dict(calibration)
+        if calibrated is not None:
+            model = CalibratedModel(model, calibrated)
         _cache[key] = model
         return model
 
@@ -151,3 +231,9 @@ def _check_versions(algorithm: str, recorded: dict[str, str]) -> None:
         made, here = recorded.get("xgboost", "?"), xgb.__version__
         if made.split(".")[0] != here.split(".")[0]:
             raise ArtifactError(f"model trained with xgboost {made} cannot be loaded by xgboost {here}")
+    # A pickle is only trusted by the exact library version that wrote it.
+    if algorithm == "hist_gradient_boosting" and recorded.get("scikit-learn") != sklearn.__version__:
+        raise ArtifactError(
+            f"model pickled by scikit-learn {recorded.get('scikit-learn')} is not loaded by scikit-learn "
+            f"{sklearn.__version__}; retrain it, or install the recorded version"
+        )

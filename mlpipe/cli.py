@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
+import json
 import logging
 import os
+import socket
 import sys
 from datetime import date
 from typing import Annotated
@@ -25,6 +28,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The database: start, stop, migrate, show its URL.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+models_app = typer.Typer(help="The model registry: list, show, promote, rollback, diff.")
+app.add_typer(models_app, name="models")
 console = Console()
 err = Console(stderr=True)
 
@@ -32,6 +37,9 @@ JobOption = Annotated[
     str, typer.Option("--job", "-j", help="Job spec: a name (jobs/NAME/job.yaml) or a path.")
 ]
 AsOfOption = Annotated[str | None, typer.Option("--as-of", help="Day, YYYY-MM-DD (default: today).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+VersionArgument = Annotated[str, typer.Argument(help="Model version, e.g. churn-v3 (or 3).")]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why: kept in the alias history.")]
 ModelOption = Annotated[
     str | None, typer.Option("--model", help="Model version, e.g. churn-v3 (default: champion).")
 ]
@@ -236,15 +244,24 @@ def runs(
     console.print(out)
 
 
-@app.command()
-def models(job: JobOption = "churn") -> None:
-    """Registered model versions of a job with their test metrics and aliases."""
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, job: JobOption = "churn", as_json: JsonOption = False) -> None:
+    """Registered model versions of a job (list when no subcommand is given)."""
+    if ctx.invoked_subcommand is None:
+        models_list(job=job, as_json=as_json)
+
+
+@models_app.command("list")
+def models_list(job: JobOption = "churn", as_json: JsonOption = False) -> None:
+    """Versions with their test metrics, aliases and promotion decision."""
     _, url, spec = _prepare(job)
     with db.connection(url) as conn:
         rows = registry.list_models(conn, spec.name)
-    out = Table(
-        "version", "algorithm", "aliases", "trained as of", spec.model.metric, "brier", "decision", "created"
-    )
+    if as_json:
+        _print_json(rows)
+        return
+    metric = spec.model.metric
+    out = Table("version", "algorithm", "aliases", "trained as of", metric, "brier", "decision", "created")
     for r in rows:
         test = r["test_metrics"] or {}
         out.add_row(
@@ -252,11 +269,152 @@ def models(job: JobOption = "churn") -> None:
             r["algorithm"],
             r["aliases"],
             str(r["trained_as_of"]),
-            f"{test.get(spec.model.metric, float('nan')):.4f}",
+            f"{test.get(metric, float('nan')):.4f}",
             f"{test.get('brier', float('nan')):.4f}",
             r["decision"] or "",
             f"{r['created_at']:%Y-%m-%d %H:%M}",
         )
+    console.print(out)
+
+
+@models_app.command("show")
+def models_show(version: VersionArgument, job: JobOption = "churn", as_json: JsonOption = False) -> None:
+    """One version: lineage, metrics, calibration, behaviour, alias history and the days it published."""
+    _, url, spec = _prepare(job)
+    with db.connection(url) as conn:
+        info = registry.details(conn, spec.name, version)
+        history = registry.alias_history(conn, spec.name)
+    if as_json:
+        _print_json({**info, "alias_history": history})
+        return
+    test = info["metrics"]["test"]
+    facts = Table(title=info["model_version"], show_header=False)
+    for label, value in (
+        ("algorithm", info["algorithm"]),
+        ("aliases", info["aliases"] or "-"),
+        ("trained as of", info["trained_as_of"]),
+        ("training window", json.dumps(info["training_window"])),
+        ("row counts", json.dumps(info["row_counts"])),
+        ("artifact", f"{info['artifact_uri']} (sha256 {info['artifact_sha256'][:16]}…)"),
+        ("libraries", json.dumps(info["library_versions"])),
+        ("test", ", ".join(f"{k} {test[k]:.4f}" for k in ("roc_auc", "pr_auc", "log_loss", "brier"))),
+        ("calibration", (info["calibration"] or {}).get("method", "none")),
+        (
+            "behaviour",
+            "; ".join(
+                f"{c['check']}: {'ok' if c['passed'] else 'FAILED'}"
+                for c in (info["behaviour"] or {}).get("checks", [])
+            )
+            or "-",
+        ),
+        ("decision", "; ".join((info["promotion"] or {}).get("reasons", []))),
+    ):
+        facts.add_row(label, str(value))
+    console.print(facts)
+    _print_rows("days published", info["published"])
+    _print_rows(f"alias history of {spec.name}", history)
+
+
+@models_app.command("promote")
+def models_promote(version: VersionArgument, reason: ReasonOption, job: JobOption = "churn") -> None:
+    """Make a version the champion by hand; the next scoring run uses it."""
+    _, url, spec = _prepare(job)
+    with db.connection(url) as conn:
+        model = registry.get(conn, spec.name, model_version=version)
+        previous = registry.promote(conn, spec.name, model, reason, _operator())
+    was = previous.model_version if previous else "none"
+    console.print(f"{model.model_version} is now the champion of {spec.name} (was {was})")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    reason: ReasonOption,
+    job: JobOption = "churn",
+    republish: Annotated[
+        bool,
+        typer.Option(
+            help="Point the view back at the newest day the restored "
+            "model published, now, without re-scoring."
+        ),
+    ] = False,
+) -> None:
+    """Restore the previous champion for the next run (and, with --republish, for readers now)."""
+    from mlpipe import publish
+
+    settings, url, spec = _prepare(job)
+    with db.connection(url) as conn:
+        demoted, restored = registry.rollback(conn, spec.name, reason, _operator())
+        conn.commit()
+        console.print(f"champion of {spec.name}: {demoted.model_version} -> {restored.model_version}")
+        if republish:
+            day = publish.republish_latest(
+                conn,
+                spec,
+                restored.model_id,
+                f"rollback to {restored.model_version}",
+                lock_timeout_ms=settings.lock_timeout_ms,
+                attempts=settings.publish_retries,
+            )
+            console.print(f"predictions.{spec.name} now shows {day}, scored by {restored.model_version}")
+
+
+@models_app.command("diff")
+def models_diff(
+    a: VersionArgument, b: VersionArgument, job: JobOption = "churn", as_json: JsonOption = False
+) -> None:
+    """Two versions side by side: metrics, parameters, features, training window."""
+    _, url, spec = _prepare(job)
+    with db.connection(url) as conn:
+        left, right = registry.details(conn, spec.name, a), registry.details(conn, spec.name, b)
+    rows = _diff_rows(left, right)
+    if as_json:
+        _print_json({"a": left["model_version"], "b": right["model_version"], "differences": rows})
+        return
+    out = Table("", left["model_version"], right["model_version"], "b - a")
+    for name, x, y, delta in rows:
+        out.add_row(name, str(x), str(y), "" if delta is None else f"{delta:+.4f}")
+    console.print(out)
+
+
+def _diff_rows(left: dict, right: dict) -> list[tuple]:
+    rows = []
+    for metric in ("roc_auc", "pr_auc", "log_loss", "brier"):
+        x, y = left["metrics"]["test"][metric], right["metrics"]["test"][metric]
+        rows.append((f"test {metric}", round(x, 4), round(y, 4), y - x))
+    for label, key in (
+        ("algorithm", "algorithm"),
+        ("trained as of", "trained_as_of"),
+        ("calibration", "calibration"),
+        ("chosen params", "params"),
+    ):
+        x, y = left[key], right[key]
+        if key == "params":
+            x, y = x.get("chosen"), y.get("chosen")
+        if key == "calibration":
+            x, y = (x or {}).get("method", "none"), (y or {}).get("method", "none")
+        rows.append((label, x, y, None))
+    lcols, rcols = left["feature_schema"]["columns"], right["feature_schema"]["columns"]
+    rows.append(("features only in a", sorted(set(lcols) - set(rcols)) or "-", "", None))
+    rows.append(("features only in b", "", sorted(set(rcols) - set(lcols)) or "-", None))
+    rows.append(("training rows", left["row_counts"].get("train"), right["row_counts"].get("train"), None))
+    return rows
+
+
+def _operator() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()} (mlpipe cli)"
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, default=str, indent=2))
+
+
+def _print_rows(title: str, rows: list[dict]) -> None:
+    if not rows:
+        console.print(f"{title}: none")
+        return
+    out = Table(*rows[0].keys(), title=title)
+    for row in rows:
+        out.add_row(*(_cell(v) for v in row.values()))
     console.print(out)
 
 
@@ -320,26 +478,62 @@ def _cell(value: object) -> str:
 
 
 def _print_training(result: dict) -> None:
-    test, base = result["test"], result["baseline"]
+    """The decision table: every candidate, the baseline and the champion on the same test set."""
+    metric = result["metric"]
     out = Table(
         "",
+        "algorithm",
+        f"validation {metric}",
         "roc_auc",
         "pr_auc",
         "log_loss",
         "brier",
-        title=f"{result['model_version']} on the out-of-time test set",
+        "behaviour",
+        title="out-of-time test set",
     )
+    for name, c in result["candidates"].items():
+        test = c["test"]
+        mark = " (chosen)" if name == result["chosen"] else ""
+        out.add_row(
+            name + mark,
+            c["algorithm"],
+            f"{c['validation']:.4f}",
+            f"{test['roc_auc']:.4f}",
+            f"{test['pr_auc']:.4f}",
+            f"{test['log_loss']:.4f}",
+            f"{test['brier']:.4f}",
+            "passed" if c["behaviour_passed"] else "[red]failed[/]",
+        )
+    final = result["test"]
     out.add_row(
-        "model",
-        f"{test['roc_auc']:.4f}",
-        f"{test['pr_auc']:.4f}",
-        f"{test['log_loss']:.4f}",
-        f"{test['brier']:.4f}",
+        f"{result['model_version']} (calibration: {result['calibration']})",
+        "",
+        "",
+        f"{final['roc_auc']:.4f}",
+        f"{final['pr_auc']:.4f}",
+        f"{final['log_loss']:.4f}",
+        f"{final['brier']:.4f}",
+        "",
     )
-    out.add_row("baseline rule", f"{base['roc_auc']:.4f}", f"{base['pr_auc']:.4f}", "", "")
+    if result["champion"]:
+        champ = result["champion"]
+        out.add_row(
+            "current champion",
+            "",
+            "",
+            f"{champ['roc_auc']:.4f}",
+            f"{champ['pr_auc']:.4f}",
+            f"{champ['log_loss']:.4f}",
+            f"{champ['brier']:.4f}",
+            "",
+        )
+    base = result["baseline"]
+    out.add_row("baseline rule", "", "", f"{base['roc_auc']:.4f}", f"{base['pr_auc']:.4f}", "", "", "")
     console.print(out)
     verdict = "[green]promoted to champion[/]" if result["promoted"] else "[yellow]kept as challenger[/]"
-    console.print(f"{result['model_version']}: {verdict} ({'; '.join(result['decision']['reasons'])})")
+    console.print(f"{result['model_version']}: {verdict}")
+    for reason in result["decision"]["reasons"]:
+        console.print(f"  - {reason}", highlight=False)
 
 
 def _print_score(result: dict) -> None:

@@ -59,25 +59,32 @@ def copy_in_csv(conn: psycopg.Connection, schema: str, table: str, data: pa.Tabl
 
 
 def prediction_rows_binary(
-    keys: np.ndarray, score: np.ndarray, decision: np.ndarray, percentile: np.ndarray
+    keys: np.ndarray,
+    score: np.ndarray,
+    decision: np.ndarray,
+    percentile: np.ndarray,
+    model_version: str | None = None,
 ) -> bytes:
-    """Binary COPY payload for (bigint key, float8, bool, float4) rows, built as one numpy record
-    array: every field is fixed-width, so no Python runs per row."""
-    layout = np.dtype(
-        [
-            ("fields", ">i2"),
-            ("key_len", ">i4"), ("key", ">i8"),
-            ("score_len", ">i4"), ("score", ">f8"),
-            ("decision_len", ">i4"), ("decision", "u1"),
-            ("percentile_len", ">i4"), ("percentile", ">f4"),
-        ]
-    )  # fmt: skip
-    rows = np.empty(len(keys), dtype=layout)
-    rows["fields"] = 4
+    """Binary COPY payload for (bigint key, float8, bool, float4[, text]) rows, built as one numpy
+    record array: every field is fixed-width (the text is one constant), so no Python runs per row."""
+    fields = [
+        ("fields", ">i2"),
+        ("key_len", ">i4"), ("key", ">i8"),
+        ("score_len", ">i4"), ("score", ">f8"),
+        ("decision_len", ">i4"), ("decision", "u1"),
+        ("percentile_len", ">i4"), ("percentile", ">f4"),
+    ]  # fmt: skip
+    version = (model_version or "").encode()
+    if model_version is not None:
+        fields += [("version_len", ">i4"), ("version", f"S{len(version)}")]
+    rows = np.empty(len(keys), dtype=np.dtype(fields))
+    rows["fields"] = 4 if model_version is None else 5
     rows["key_len"], rows["key"] = 8, keys
     rows["score_len"], rows["score"] = 8, score
     rows["decision_len"], rows["decision"] = 1, decision
     rows["percentile_len"], rows["percentile"] = 4, percentile
+    if model_version is not None:
+        rows["version_len"], rows["version"] = len(version), version
     return _BINARY_HEADER + rows.tobytes() + _BINARY_TRAILER
 
 
@@ -89,20 +96,24 @@ def copy_predictions(
     score: np.ndarray,
     decision: np.ndarray,
     percentile: np.ndarray,
+    model_version: str | None = None,
 ) -> None:
-    """Write scored rows into a run table with binary COPY."""
-    statement = sql.SQL(
-        "copy {}.{} (entity_id, score, decision, percentile) from stdin (format binary)"
-    ).format(sql.Identifier(schema), sql.Identifier(table))
+    """Write scored rows into a run table with binary COPY; model_version, when given, overrides
+    the table's default (the challenger's rows in a batch A/B run)."""
+    columns = ["entity_id", "score", "decision", "percentile"] + (["model_version"] if model_version else [])
+    statement = sql.SQL("copy {}.{} ({}) from stdin (format binary)").format(
+        sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
     if keys.dtype.kind in "iu":
-        payload = prediction_rows_binary(keys.astype(np.int64), score, decision, percentile)
+        payload = prediction_rows_binary(keys.astype(np.int64), score, decision, percentile, model_version)
         _write_blocks(conn, statement, memoryview(payload))
         return
     # Text keys are variable-width; psycopg's C row writer is the fast path for them.
     with conn.cursor().copy(statement) as copy:
-        copy.set_types(["text", "float8", "bool", "float4"])
+        copy.set_types(["text", "float8", "bool", "float4"] + (["text"] if model_version else []))
+        extra = [model_version] if model_version else []
         for row in zip(keys.tolist(), score.tolist(), decision.tolist(), percentile.tolist(), strict=True):
-            copy.write_row(row)
+            copy.write_row([*row, *extra])
 
 
 def _write_blocks(conn: psycopg.Connection, statement: sql.Composable, view: memoryview) -> None:

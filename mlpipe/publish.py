@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
+from typing import Literal, TypeVar
 
 import psycopg
 from psycopg import errors, sql
 
-from mlpipe.errors import PublishTimeoutError
+from mlpipe.errors import PublishTimeoutError, UsageError
 from mlpipe.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -21,15 +23,22 @@ log = logging.getLogger(__name__)
 DATA_SCHEMA = "mlpipe_data"
 PUBLIC_SCHEMA = "predictions"
 READER_ROLE = "mlpipe_reader"
+ANALYST_ROLE = "mlpipe_analyst"
 _KEY_SQL_TYPES = {"bigint": sql.SQL("bigint"), "text": sql.SQL("text")}
+Kind = Literal["published", "shadow"]
+T = TypeVar("T")
 
 
 def history_name(spec: JobSpec) -> str:
     return f"{spec.name}_history"
 
 
-def run_table_name(spec: JobSpec, run_id: int) -> str:
-    return f"{spec.name}_r{run_id}"
+def shadow_name(spec: JobSpec) -> str:
+    return f"{spec.name}_shadow"
+
+
+def run_table_name(spec: JobSpec, run_id: int, kind: Kind = "published") -> str:
+    return f"{spec.name}_{'r' if kind == 'published' else 's'}{run_id}"
 
 
 def _columns(spec: JobSpec) -> sql.Composed:
@@ -40,32 +49,46 @@ def _columns(spec: JobSpec) -> sql.Composed:
     ).format(key_type=_KEY_SQL_TYPES[spec.entity.type])
 
 
-def ensure_history_table(conn: psycopg.Connection, spec: JobSpec) -> None:
-    """predictions.<job>_history, partitioned by day; readers may select from it."""
-    history = sql.Identifier(PUBLIC_SCHEMA, history_name(spec))
-    conn.execute(
-        sql.SQL(
-            "create table if not exists {} ({}, primary key (entity_id, as_of)) partition by range (as_of)"
-        ).format(history, _columns(spec))
-    )
-    conn.execute(sql.SQL("grant select on {} to {}").format(history, sql.Identifier(READER_ROLE)))
+def ensure_job_tables(conn: psycopg.Connection, spec: JobSpec) -> None:
+    """predictions.<job>_history (readers may select it) and, when the job shadows a challenger,
+    predictions.<job>_shadow (analysts only: frontends never read a challenger)."""
+    tables = [(history_name(spec), READER_ROLE)]
+    if spec.outputs.shadow:
+        tables.append((shadow_name(spec), ANALYST_ROLE))
+    for name, role in tables:
+        table = sql.Identifier(PUBLIC_SCHEMA, name)
+        conn.execute(
+            sql.SQL(
+                "create table if not exists {} ({}, primary key (entity_id, as_of)) "
+                "partition by range (as_of)"
+            ).format(table, _columns(spec))
+        )
+        if role == ANALYST_ROLE:  # default privileges granted it to readers too: take that back
+            conn.execute(sql.SQL("revoke all on {} from {}").format(table, sql.Identifier(READER_ROLE)))
+        conn.execute(sql.SQL("grant select on {} to {}").format(table, sql.Identifier(role)))
 
 
 def create_run_table(
-    conn: psycopg.Connection, spec: JobSpec, run_id: int, as_of: date, model_version: str
+    conn: psycopg.Connection,
+    spec: JobSpec,
+    run_id: int,
+    as_of: date,
+    model_version: str,
+    kind: Kind = "published",
 ) -> str:
     """The run's own table. Constant columns come from defaults so COPY only sends what varies, and
     the check on as_of lets ATTACH PARTITION skip its validation scan at publish time."""
-    name = run_table_name(spec, run_id)
+    name = run_table_name(spec, run_id, kind)
+    target = sql.Identifier(DATA_SCHEMA, name)
     conn.execute(
         sql.SQL("create table {table} ({columns}, check (as_of = {as_of}))").format(
-            table=sql.Identifier(DATA_SCHEMA, name), columns=_columns(spec), as_of=sql.Literal(as_of)
+            table=target, columns=_columns(spec), as_of=sql.Literal(as_of)
         )
     )
     for column, value in (("model_version", model_version), ("as_of", as_of), ("run_id", run_id)):
         conn.execute(
             sql.SQL("alter table {} alter column {} set default {}").format(
-                sql.Identifier(DATA_SCHEMA, name), sql.Identifier(column), sql.Literal(value)
+                target, sql.Identifier(column), sql.Literal(value)
             )
         )
     return name
@@ -82,6 +105,28 @@ def drop_run_table(conn: psycopg.Connection, table: str) -> None:
     conn.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(DATA_SCHEMA, table)))
 
 
+def _retrying(
+    conn: psycopg.Connection, what: str, lock_timeout_ms: int, attempts: int, action: Callable[[], T]
+) -> T:
+    """Run `action` in one transaction that waits at most lock_timeout for locks; back off, retry."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms"))
+                )
+                return action()
+        except (errors.LockNotAvailable, errors.DeadlockDetected):
+            pause = min(0.05 * attempt, 1.0)
+            log.info("%s waited for readers (attempt %d); retrying in %.2fs", what, attempt, pause)
+            time.sleep(pause)
+    raise PublishTimeoutError(
+        f"could not {what}: readers held locks through {attempts} attempts of {lock_timeout_ms} ms. "
+        "The previous predictions are still live; try again when the long reader has finished "
+        "(see pg_stat_activity)."
+    )
+
+
 def publish(
     conn: psycopg.Connection,
     spec: JobSpec,
@@ -91,80 +136,108 @@ def publish(
     *,
     lock_timeout_ms: int,
     attempts: int,
+    shadow_table: str | None = None,
 ) -> bool:
-    """Swap the run's table in as the day's partition; move the view if the day is the newest.
+    """Swap the run's table in as the day's partition (and its shadow table, if any); move the view
+    if the day is the newest. Returns whether the view moved. `conn` must not be in a transaction."""
 
-    Returns whether the view moved. `conn` must not be in a transaction."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with conn.transaction():
-                conn.execute(
-                    sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms"))
-                )
-                return _swap(conn, spec, as_of, run_id, table)
-        except (errors.LockNotAvailable, errors.DeadlockDetected):
-            pause = min(0.05 * attempt, 1.0)
-            log.info(
-                "publish of %s %s waited for readers (attempt %d); retrying in %.2fs",
-                spec.name,
-                as_of,
-                attempt,
-                pause,
-            )
-            time.sleep(pause)
-    raise PublishTimeoutError(
-        f"could not publish {spec.name} for {as_of}: readers held locks through {attempts} attempts of "
-        f"{lock_timeout_ms} ms. The previous predictions are still live; re-run the day when the long "
-        "reader has finished (see pg_stat_activity)."
-    )
-
-
-def _swap(conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str) -> bool:
-    history = sql.Identifier(PUBLIC_SCHEMA, history_name(spec))
-    row = conn.execute(
-        "select table_name from mlpipe.partitions where job = %s and as_of = %s for update",
-        [spec.name, as_of],
-    ).fetchone()
-    previous = row[0] if row else None
-    newest = conn.execute("select max(as_of) from mlpipe.partitions where job = %s", [spec.name]).fetchone()[
-        0
-    ]
-    if previous:
+    def swap() -> bool:
+        if shadow_table:
+            _attach(conn, spec, as_of, run_id, shadow_table, "shadow")
+        newest, live = conn.execute(
+            """select (select max(as_of) from mlpipe.partitions where job = %(job)s and kind = 'published'),
+                      (select as_of from mlpipe.live_views where job = %(job)s)""",
+            {"job": spec.name},
+        ).fetchone()
+        # The newest day moves the view; so does re-running the day a rollback pointed it back to.
+        moves_view = newest is None or as_of >= newest or as_of == live
+        if moves_view:
+            _point_view(conn, spec, as_of, run_id, table, f"published run {run_id}")
+        _attach(conn, spec, as_of, run_id, table, "published")
         conn.execute(
-            sql.SQL("alter table {} detach partition {}").format(
-                history, sql.Identifier(DATA_SCHEMA, previous)
-            )
+            "update mlpipe.runs set status = 'published', finished_at = now() where run_id = %s", [run_id]
+        )
+        return moves_view
+
+    return _retrying(conn, f"publish {spec.name} for {as_of}", lock_timeout_ms, attempts, swap)
+
+
+def _attach(
+    conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str, kind: Kind
+) -> None:
+    """Replace the day's partition of history (or shadow) with `table`, dropping the one it replaces."""
+    parent = sql.Identifier(PUBLIC_SCHEMA, history_name(spec) if kind == "published" else shadow_name(spec))
+    row = conn.execute(
+        "select table_name from mlpipe.partitions where job = %s and kind = %s and as_of = %s for update",
+        [spec.name, kind, as_of],
+    ).fetchone()
+    if row:
+        conn.execute(
+            sql.SQL("alter table {} detach partition {}").format(parent, sql.Identifier(DATA_SCHEMA, row[0]))
         )
     conn.execute(
         sql.SQL("alter table {} attach partition {} for values from ({}) to ({})").format(
-            history,
+            parent,
             sql.Identifier(DATA_SCHEMA, table),
             sql.Literal(as_of),
             sql.Literal(as_of + timedelta(days=1)),
         )
     )
-    moves_view = newest is None or as_of >= newest
-    if moves_view:
-        conn.execute(
-            sql.SQL(
-                "create or replace view {} as select entity_id, score, decision, percentile, model_version, "
-                "as_of, run_id, reasons from {}"
-            ).format(sql.Identifier(PUBLIC_SCHEMA, spec.name), sql.Identifier(DATA_SCHEMA, table))
-        )
-        conn.execute(
-            sql.SQL("grant select on {} to {}").format(
-                sql.Identifier(PUBLIC_SCHEMA, spec.name), sql.Identifier(READER_ROLE)
-            )
-        )
-    if previous:
-        drop_run_table(conn, previous)
+    if row:
+        drop_run_table(conn, row[0])  # the view was moved off it first when it was the live day
     conn.execute(
-        """insert into mlpipe.partitions (job, as_of, run_id, table_name) values (%s, %s, %s, %s)
-           on conflict (job, as_of) do update
+        """insert into mlpipe.partitions (job, kind, as_of, run_id, table_name) values (%s, %s, %s, %s, %s)
+           on conflict (job, kind, as_of) do update
            set run_id = excluded.run_id, table_name = excluded.table_name, published_at = now()""",
-        [spec.name, as_of, run_id, table],
+        [spec.name, kind, as_of, run_id, table],
     )
+
+
+def _point_view(
+    conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str, reason: str
+) -> None:
+    view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
     conn.execute(
-        "update mlpipe.runs set status = 'published', finished_at = now() where run_id = %s", [run_id]
+        sql.SQL(
+            "create or replace view {} as select entity_id, score, decision, percentile, model_version, "
+            "as_of, run_id, reasons from {}"
+        ).format(view, sql.Identifier(DATA_SCHEMA, table))
     )
-    return moves_view
+    conn.execute(sql.SQL("grant select on {} to {}").format(view, sql.Identifier(READER_ROLE)))
+    conn.execute(
+        """insert into mlpipe.live_views (job, as_of, run_id, reason) values (%s, %s, %s, %s)
+           on conflict (job) do update set as_of = excluded.as_of, run_id = excluded.run_id,
+               reason = excluded.reason, changed_at = now()""",
+        [spec.name, as_of, run_id, reason],
+    )
+
+
+def republish_latest(
+    conn: psycopg.Connection,
+    spec: JobSpec,
+    model_id: int,
+    reason: str,
+    *,
+    lock_timeout_ms: int,
+    attempts: int,
+) -> date:
+    """Point predictions.<job> back at the newest day a model published, without re-scoring."""
+    row = conn.execute(
+        """select p.as_of, p.run_id, p.table_name from mlpipe.partitions p join mlpipe.runs r using (run_id)
+           where p.job = %s and p.kind = 'published' and r.model_id = %s
+           order by p.as_of desc limit 1""",
+        [spec.name, model_id],
+    ).fetchone()
+    if row is None:
+        raise UsageError(
+            f"no day of {spec.name} published by that model is still in history; score a day instead"
+        )
+    as_of, run_id, table = row
+    _retrying(
+        conn,
+        f"republish {spec.name} for {as_of}",
+        lock_timeout_ms,
+        attempts,
+        lambda: _point_view(conn, spec, as_of, run_id, table, reason),
+    )
+    return as_of

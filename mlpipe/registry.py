@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from mlpipe import artifacts
-from mlpipe.errors import ModelNotFoundError, NoChampionError
+from mlpipe.errors import ModelNotFoundError, NoChampionError, UsageError
 from mlpipe.spec import JobSpec
 
 
@@ -32,6 +32,7 @@ class ModelVersion:
     reference: dict
     library_versions: dict
     training_window: dict
+    calibration: dict | None = None
 
     def load(self) -> artifacts.ScoringModel:
         return artifacts.load(
@@ -40,12 +41,13 @@ class ModelVersion:
             self.algorithm,
             self.feature_schema["columns"],
             self.library_versions,
+            self.calibration,
         )
 
 
 _SELECT_MODEL = """
     select model_id, job, version, model_version, algorithm, trained_as_of, artifact_uri, artifact_sha256,
-           metrics, feature_schema, reference, library_versions, training_window
+           metrics, feature_schema, reference, library_versions, training_window, calibration
     from mlpipe.models
     where model_id = %(model_id)s or (job = %(job)s and model_version = %(model_version)s)
 """
@@ -66,11 +68,12 @@ def register(conn: psycopg.Connection, spec: JobSpec, version: int, record: dict
     row = conn.execute(
         """insert into mlpipe.models (job, version, model_version, algorithm, trained_as_of, artifact_uri,
                artifact_sha256, metrics, params, feature_schema, training_window, row_counts, reference,
-               library_versions, code_version, promotion)
+               library_versions, code_version, promotion, calibration, behaviour)
            values (%(job)s, %(version)s, %(model_version)s, %(algorithm)s, %(trained_as_of)s,
                %(artifact_uri)s, %(artifact_sha256)s, %(metrics)s, %(params)s, %(feature_schema)s,
                %(training_window)s,
-               %(row_counts)s, %(reference)s, %(library_versions)s, %(code_version)s, %(promotion)s)
+               %(row_counts)s, %(reference)s, %(library_versions)s, %(code_version)s, %(promotion)s,
+               %(calibration)s, %(behaviour)s)
            returning model_id""",
         {"job": spec.name, "version": version, "model_version": f"{spec.name}-v{version}", **jsonb},
     ).fetchone()
@@ -101,6 +104,14 @@ def champion(conn: psycopg.Connection, job: str) -> ModelVersion | None:
     return get(conn, job, model_id=row[0]) if row else None
 
 
+def challenger(conn: psycopg.Connection, job: str) -> ModelVersion | None:
+    """The current challenger, or None."""
+    row = conn.execute(
+        "select model_id from mlpipe.model_aliases where job = %s and alias = 'challenger'", [job]
+    ).fetchone()
+    return get(conn, job, model_id=row[0]) if row else None
+
+
 def resolve(conn: psycopg.Connection, job: str, model_version: str | None) -> ModelVersion:
     """The model to score with: the one named, else the champion."""
     if model_version:
@@ -111,8 +122,10 @@ def resolve(conn: psycopg.Connection, job: str, model_version: str | None) -> Mo
     return model
 
 
-def set_alias(conn: psycopg.Connection, job: str, alias: str, model_id: int, reason: str) -> None:
-    """Point an alias at a model and keep the change in mlpipe.alias_history."""
+def set_alias(
+    conn: psycopg.Connection, job: str, alias: str, model_id: int, reason: str, changed_by: str | None = None
+) -> None:
+    """Point an alias at a model and keep the change (who, when, why) in mlpipe.alias_history."""
     previous = conn.execute(
         "select model_id from mlpipe.model_aliases where job = %s and alias = %s for update", [job, alias]
     ).fetchone()
@@ -122,9 +135,9 @@ def set_alias(conn: psycopg.Connection, job: str, alias: str, model_id: int, rea
         [job, alias, model_id],
     )
     conn.execute(
-        """insert into mlpipe.alias_history (job, alias, model_id, previous_model_id, reason)
-           values (%s, %s, %s, %s, %s)""",
-        [job, alias, model_id, previous[0] if previous else None, reason],
+        """insert into mlpipe.alias_history (job, alias, model_id, previous_model_id, reason, changed_by)
+           values (%s, %s, %s, %s, %s, coalesce(%s, current_user))""",
+        [job, alias, model_id, previous[0] if previous else None, reason, changed_by],
     )
 
 
@@ -143,3 +156,79 @@ def list_models(conn: psycopg.Connection, job: str) -> list[dict]:
             [job],
         )
         return cur.fetchall()
+
+
+def promote(
+    conn: psycopg.Connection, job: str, model: ModelVersion, reason: str, changed_by: str
+) -> ModelVersion | None:
+    """Make `model` the champion by hand; returns the champion it replaced."""
+    previous = champion(conn, job)
+    if previous is not None and previous.model_id == model.model_id:
+        raise UsageError(f"{model.model_version} is already the champion of {job}")
+    set_alias(conn, job, "champion", model.model_id, reason, changed_by)
+    conn.execute(
+        "delete from mlpipe.model_aliases where job = %s and alias = 'challenger' and model_id = %s",
+        [job, model.model_id],
+    )
+    return previous
+
+
+def rollback(
+    conn: psycopg.Connection, job: str, reason: str, changed_by: str
+) -> tuple[ModelVersion, ModelVersion]:
+    """Restore the champion that the current one replaced; returns (demoted, restored)."""
+    row = conn.execute(
+        """select model_id, previous_model_id from mlpipe.alias_history
+           where job = %s and alias = 'champion' order by change_id desc limit 1""",
+        [job],
+    ).fetchone()
+    if row is None or row[1] is None:
+        raise UsageError(f"job {job} has no earlier champion to roll back to (see `mlpipe models show`)")
+    demoted, restored = get(conn, job, model_id=row[0]), get(conn, job, model_id=row[1])
+    set_alias(conn, job, "champion", restored.model_id, f"rollback: {reason}", changed_by)
+    return demoted, restored
+
+
+def alias_history(conn: psycopg.Connection, job: str, limit: int = 20) -> list[dict]:
+    """Alias changes of a job, newest first: who, when, why."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """select h.changed_at, h.alias, m.model_version, p.model_version as previous,
+                      h.changed_by, h.reason
+               from mlpipe.alias_history h
+               left join mlpipe.models m on m.model_id = h.model_id
+               left join mlpipe.models p on p.model_id = h.previous_model_id
+               where h.job = %s order by h.change_id desc limit %s""",
+            [job, limit],
+        )
+        return cur.fetchall()
+
+
+def published_runs(conn: psycopg.Connection, model_id: int) -> list[dict]:
+    """The days a model version published (as champion, challenger share or shadow)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """select p.as_of, p.kind, r.run_id, r.rows_scored,
+                      case when r.model_id = %(id)s then 'champion' else r.challenger_mode end as role
+               from mlpipe.partitions p join mlpipe.runs r using (run_id)
+               where r.model_id = %(id)s or r.challenger_model_id = %(id)s
+               order by p.as_of desc, p.kind""",
+            {"id": model_id},
+        )
+        return cur.fetchall()
+
+
+def details(conn: psycopg.Connection, job: str, model_version: str) -> dict:
+    """Everything the registry knows about one version (for `mlpipe models show`)."""
+    model = get(conn, job, model_version=model_version)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """select m.*, coalesce((select string_agg(alias, ',') from mlpipe.model_aliases a
+                                     where a.model_id = m.model_id), '') as aliases
+               from mlpipe.models m where model_id = %s""",
+            [model.model_id],
+        )
+        row = cur.fetchone()
+    row.pop("reference", None)  # 1001 quantiles and histograms: in the table, too long to show
+    row["published"] = published_runs(conn, model.model_id)
+    return row

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
@@ -24,9 +25,9 @@ from pydantic import SecretStr
 from mlpipe import publish, registry
 from mlpipe.copyio import copy_in_csv, copy_predictions
 from mlpipe.db import connect, connection
-from mlpipe.errors import RunFailedError, RunLockedError, UsageError
+from mlpipe.errors import RunFailedError, RunLockedError, SpecError, UsageError
 from mlpipe.extract import Chunk, check_features_source, plan_chunks, read_features
-from mlpipe.features import find_bad_rows, to_matrix
+from mlpipe.features import find_bad_rows, matrix_columns, to_matrix
 from mlpipe.registry import ModelVersion
 from mlpipe.settings import Settings
 from mlpipe.spec import JobSpec, load_job
@@ -47,6 +48,9 @@ class RunContext:
     table: str
     model: ModelVersion
     threshold: float
+    challenger: ModelVersion | None = None
+    shadow_table: str | None = None
+    challenger_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,43 +95,21 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     started = time.monotonic()
     spec = _spec(ctx.spec_path)
     model = ctx.model.load()  # verified and cached per process
-    reference = np.asarray(ctx.model.reference["scores"])
     with connection(ctx.url.get_secret_value()) as conn:
         frame = read_features(conn, spec, ctx.as_of, chunk)
         reasons = find_bad_rows(frame, spec)
         bad = reasons.notna().to_numpy()
         good = frame[~bad]
-        scores = model.predict(to_matrix(good, spec)) if len(good) else np.empty(0)
-        if not np.isfinite(scores).all():
-            raise RunFailedError(
-                f"model {ctx.model.model_version} produced non-finite scores in chunk {chunk.chunk_no}"
-            )
-        # Percentile against the model's out-of-time test scores: stable from day to day, one pass.
-        percentile = (100.0 * np.searchsorted(reference, scores, side="right") / len(reference)).astype(
-            np.float32
-        )
+        matrix = to_matrix(good, spec)
         keys = good[spec.entity.key].to_numpy()
+        scores = _predict(model, matrix, ctx.model, chunk)
         with conn.transaction():
-            copy_predictions(
-                conn, publish.DATA_SCHEMA, ctx.table, keys, scores, scores >= ctx.threshold, percentile
-            )
+            if ctx.challenger is None:
+                _write(conn, ctx, ctx.table, keys, scores, ctx.model)
+            else:
+                scores = _write_with_challenger(conn, ctx, chunk, keys, matrix, scores)
             if bad.any():
-                quarantined = frame[bad]
-                copy_in_csv(
-                    conn,
-                    "mlpipe",
-                    "quarantine",
-                    pa.table(
-                        {
-                            "run_id": pa.array(np.full(int(bad.sum()), ctx.run_id, dtype=np.int64)),
-                            "entity_id": pa.array(
-                                quarantined[spec.entity.key].astype("string").to_numpy(na_value=None),
-                                type=pa.string(),
-                            ),
-                            "reason": pa.array(reasons[bad].to_numpy(dtype=object), type=pa.string()),
-                        }
-                    ),
-                )
+                _quarantine(conn, ctx.run_id, frame[bad][spec.entity.key], reasons[bad])
             seconds = time.monotonic() - started
             conn.execute(
                 """insert into mlpipe.run_chunks (run_id, chunk_no, key_lo, key_hi, rows_in, rows_scored,
@@ -147,6 +129,73 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     return ChunkResult(chunk.chunk_no, len(frame), len(good), int(bad.sum()), seconds, histogram.tolist())
 
 
+def _predict(model, matrix: np.ndarray, version: ModelVersion, chunk: Chunk) -> np.ndarray:
+    scores = model.predict(matrix) if len(matrix) else np.empty(0)
+    if not np.isfinite(scores).all():
+        raise RunFailedError(
+            f"model {version.model_version} produced non-finite scores in chunk {chunk.chunk_no}"
+        )
+    return scores
+
+
+def _percentile(scores: np.ndarray, version: ModelVersion) -> np.ndarray:
+    # Against the model's out-of-time test scores: stable from day to day, one pass.
+    reference = np.asarray(version.reference["scores"])
+    return (100.0 * np.searchsorted(reference, scores, side="right") / len(reference)).astype(np.float32)
+
+
+def _write(
+    conn, ctx: RunContext, table: str, keys, scores, version: ModelVersion, *, own_version: bool = False
+):
+    copy_predictions(
+        conn,
+        publish.DATA_SCHEMA,
+        table,
+        keys,
+        scores,
+        scores >= ctx.threshold,
+        _percentile(scores, version),
+        version.model_version if own_version else None,
+    )
+
+
+def _write_with_challenger(conn, ctx: RunContext, chunk: Chunk, keys, matrix, scores) -> np.ndarray:
+    """Shadow: the challenger scores everyone into its own table. Batch A/B: a stable share of
+    entities is published with the challenger's score and model_version. Returns published scores."""
+    challenger = _predict(ctx.challenger.load(), matrix, ctx.challenger, chunk)
+    if ctx.shadow_table:
+        _write(conn, ctx, ctx.shadow_table, keys, challenger, ctx.challenger)
+    arm = challenger_arm(keys, ctx.challenger_share)
+    _write(conn, ctx, ctx.table, keys[~arm], scores[~arm], ctx.model)
+    if arm.any():
+        _write(conn, ctx, ctx.table, keys[arm], challenger[arm], ctx.challenger, own_version=True)
+    return np.where(arm, challenger, scores)
+
+
+def challenger_arm(keys: np.ndarray, share: float) -> np.ndarray:
+    """Whether each entity is in the challenger's arm: a stable hash of its key (the same every
+    day, on every machine), so an entity stays with one model for the whole test."""
+    if share <= 0 or len(keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    buckets = pd.util.hash_array(np.asarray(keys, dtype=object), categorize=False) % 10_000
+    return buckets < round(share * 10_000)
+
+
+def _quarantine(conn, run_id: int, keys: pd.Series, reasons: pd.Series) -> None:
+    copy_in_csv(
+        conn,
+        "mlpipe",
+        "quarantine",
+        pa.table(
+            {
+                "run_id": pa.array(np.full(len(keys), run_id, dtype=np.int64)),
+                "entity_id": pa.array(keys.astype("string").to_numpy(na_value=None), type=pa.string()),
+                "reason": pa.array(reasons.to_numpy(dtype=object), type=pa.string()),
+            }
+        ),
+    )
+
+
 def _text(value) -> str | None:
     return None if value is None else str(value)
 
@@ -160,6 +209,7 @@ class ScoringRun:
         self.conn = connect(url, autocommit=True, application_name="mlpipe score")
         self.run_id: int | None = None
         self.table: str | None = None
+        self.shadow_table: str | None = None
 
     @classmethod
     def begin(
@@ -184,16 +234,30 @@ class ScoringRun:
             raise RunLockedError(self._lock_holder_message())
         self._abandon_crashed_runs()
         with conn.transaction():
-            publish.ensure_history_table(conn, spec)
+            publish.ensure_job_tables(conn, spec)
         self.model = registry.resolve(conn, spec.name, model_version)
-        self.model.load()  # fail now, not in every chunk, if the artifact is missing or tampered with
+        self._check_model(self.model)
+        self.challenger = self._challenger()
         check_features_source(conn, spec, as_of)
         self.run_id = conn.execute(
-            """insert into mlpipe.runs (job, kind, as_of, model_id, status, host, pid)
-               values (%s, 'score', %s, %s, 'running', %s, %s) returning run_id""",
-            [spec.name, as_of, self.model.model_id, socket.gethostname(), os.getpid()],
+            """insert into mlpipe.runs (job, kind, as_of, model_id, challenger_model_id, challenger_mode,
+                   status, host, pid)
+               values (%s, 'score', %s, %s, %s, %s, 'running', %s, %s) returning run_id""",
+            [
+                spec.name,
+                as_of,
+                self.model.model_id,
+                self.challenger and self.challenger.model_id,
+                self._challenger_mode(),
+                socket.gethostname(),
+                os.getpid(),
+            ],
         ).fetchone()[0]
         self.table = publish.create_run_table(conn, spec, self.run_id, as_of, self.model.model_version)
+        if self.challenger is not None and spec.outputs.shadow:
+            self.shadow_table = publish.create_run_table(
+                conn, spec, self.run_id, as_of, self.challenger.model_version, kind="shadow"
+            )
         planned = time.monotonic()
         self.population, self.chunks = plan_chunks(conn, spec, as_of, self.settings.chunk_rows)
         self.timings = {"plan_s": round(time.monotonic() - planned, 3)}
@@ -210,6 +274,43 @@ class ScoringRun:
             self.population,
             len(self.chunks),
         )
+
+    def _check_model(self, model: ModelVersion) -> None:
+        """Fail now, not in every chunk, if the artifact is missing or tampered with, or if the spec's
+        features no longer match the ones the model was trained on."""
+        model.load()
+        if model.feature_schema["columns"] != matrix_columns(self.spec):
+            raise SpecError(
+                self.spec.name,
+                f"the features changed since {model.model_version} was trained; retrain "
+                f"(`mlpipe train --job {self.spec.name}`) or restore the spec",
+            )
+
+    def _challenger(self) -> ModelVersion | None:
+        outputs = self.spec.outputs
+        if not outputs.shadow and outputs.challenger_share == 0:
+            return None
+        challenger = registry.challenger(self.conn, self.spec.name)
+        if challenger is None or challenger.model_id == self.model.model_id:
+            log.warning(
+                "job %s asks for a challenger but has none; scoring with the champion only", self.spec.name
+            )
+            return None
+        self._check_model(challenger)
+        return challenger
+
+    def _challenger_mode(self) -> str | None:
+        if self.challenger is None:
+            return None
+        modes = [
+            m
+            for m, on in (
+                ("shadow", self.spec.outputs.shadow),
+                ("ab", self.spec.outputs.challenger_share > 0),
+            )
+            if on
+        ]
+        return "+".join(modes)
 
     def _lock_holder_message(self) -> str:
         row = self.conn.execute(
@@ -237,7 +338,8 @@ class ScoringRun:
             [self.spec.name, self.as_of],
         ).fetchall()
         for (run_id,) in crashed:
-            publish.drop_run_table(self.conn, publish.run_table_name(self.spec, run_id))
+            for kind in ("published", "shadow"):
+                publish.drop_run_table(self.conn, publish.run_table_name(self.spec, run_id, kind))
             log.warning(
                 "run %s of %s for %s had crashed; its partial table was dropped",
                 run_id,
@@ -255,6 +357,9 @@ class ScoringRun:
             table=self.table,
             model=self.model,
             threshold=self.spec.outputs.threshold,
+            challenger=self.challenger,
+            shadow_table=self.shadow_table,
+            challenger_share=self.spec.outputs.challenger_share if self.challenger else 0.0,
         )
 
     def __enter__(self) -> ScoringRun:
@@ -283,6 +388,8 @@ class ScoringRun:
             )
         indexed = time.monotonic()
         publish.index_run_table(self.conn, self.table)
+        if self.shadow_table:
+            publish.index_run_table(self.conn, self.shadow_table)
         self.timings["index_s"] = round(time.monotonic() - indexed, 3)
         swap = time.monotonic()
         moved = publish.publish(
@@ -293,6 +400,7 @@ class ScoringRun:
             self.table,
             lock_timeout_ms=self.settings.lock_timeout_ms,
             attempts=self.settings.publish_retries,
+            shadow_table=self.shadow_table,
         )
         self.timings["publish_s"] = round(time.monotonic() - swap, 4)
         self.timings["total_s"] = round(time.monotonic() - self.started, 3)
@@ -349,8 +457,9 @@ class ScoringRun:
                 "update mlpipe.runs set status = 'failed', finished_at = now(), error = %s where run_id = %s",
                 [f"{type(exc).__name__}: {exc}"[:4000], self.run_id],
             )
-        if self.table is not None:
-            publish.drop_run_table(self.conn, self.table)
+        for table in (self.table, self.shadow_table):
+            if table is not None:
+                publish.drop_run_table(self.conn, table)
         self.close()
 
     def close(self) -> None:

@@ -43,6 +43,9 @@ class Feature(_Strict):
     categories: list[str] | None = None
     missing: Literal["impute", "zero", "reject"] = "impute"
     unknown: Literal["ignore", "reject"] = "ignore"
+    monotone: Literal["increasing", "decreasing"] | None = Field(
+        default=None, description="Boosted trees are constrained, and every candidate is checked, to move so."
+    )
     description: str = ""
 
     @model_validator(mode="after")
@@ -53,6 +56,8 @@ class Feature(_Strict):
             raise ValueError("categories are only for categorical features")
         if self.kind != "numeric" and (self.min is not None or self.max is not None):
             raise ValueError("min and max are only for numeric features")
+        if self.kind == "categorical" and self.monotone:
+            raise ValueError("a categorical feature cannot be monotone")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
         return self
@@ -61,6 +66,7 @@ class Feature(_Strict):
 class Derived(_Strict):
     function: str = Field(description="file.py:function, beside the spec; takes the raw frame.")
     kind: Literal["numeric"] = "numeric"
+    monotone: Literal["increasing", "decreasing"] | None = None
     description: str = ""
 
     @field_validator("function")
@@ -88,21 +94,41 @@ class Baseline(_Strict):
     direction: Literal["higher_is_positive", "lower_is_positive"] = "higher_is_positive"
 
 
+Param = float | int | str
+
+
 class Candidate(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
-    algorithm: Literal["logistic_regression", "xgboost"]
-    params: dict[str, float | int | str] = Field(default_factory=dict)
+    algorithm: Literal["logistic_regression", "xgboost", "hist_gradient_boosting"]
+    params: dict[str, Param] = Field(default_factory=dict)
+    search: dict[str, list[Param]] = Field(
+        default_factory=dict, description="Values to sample from (randomized search, seeded)."
+    )
 
 
 class Promotion(_Strict):
     min_gain_over_baseline: float = 0.0
     min_gain_over_champion: float = 0.0
+    require_behaviour: bool = Field(default=True, description="Behaviour checks must pass to promote.")
+
+
+class Behaviour(_Strict):
+    """Checks every candidate must pass on the test rows (direction comes from features' monotone)."""
+
+    invariant: dict[str, float] = Field(
+        default_factory=dict,
+        description="feature -> largest allowed 99th-percentile score change when it is flipped or shuffled",
+    )
+    direction_step: float = Field(default=1.0, gt=0, description="How much a monotone feature is raised.")
 
 
 class ModelSpec(_Strict):
     metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
     baseline: Baseline
     candidates: list[Candidate] = Field(min_length=1)
+    search_iterations: int = Field(default=1, ge=1, description="Configurations tried per candidate.")
+    calibration: Literal["auto", "none"] = "auto"
+    behaviour: Behaviour = Behaviour()
     promotion: Promotion = Promotion()
 
 
@@ -110,6 +136,15 @@ class Outputs(_Strict):
     threshold: float = Field(default=0.5, ge=0, le=1, description="decision = score >= threshold")
     history_days: int = Field(default=400, ge=1)
     max_quarantine_rate: float = Field(default=0.01, ge=0, le=1)
+    shadow: bool = Field(
+        default=False, description="The challenger also scores into predictions.<job>_shadow."
+    )
+    challenger_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        description="Batch A/B: this share of entities gets the challenger's score.",
+    )
 
 
 class JobSpec(_Strict):
@@ -146,7 +181,17 @@ class JobSpec(_Strict):
             )
         if len({c.name for c in self.model.candidates}) != len(self.model.candidates):
             raise ValueError("candidate names must be unique")
+        raw = {n for n, f in self.features.items() if f.kind != "categorical"}
+        unknown = set(self.model.behaviour.invariant) - raw
+        if unknown:
+            raise ValueError(f"behaviour.invariant names {sorted(unknown)}: not numeric or boolean features")
         return self
+
+    def monotone_columns(self) -> dict[str, int]:
+        """Matrix column -> +1 (increasing) or -1 (decreasing), for constraints and checks."""
+        signs = {"increasing": 1, "decreasing": -1}
+        declared = {**self.features, **self.derived}
+        return {name: signs[f.monotone] for name, f in declared.items() if f.monotone}
 
     def sql(self, source: Literal["population", "features", "labels"]) -> str:
         """The text of one of the job's SQL files."""

@@ -13,22 +13,18 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import psycopg
-import xgboost as xgb
 from psycopg.types.json import Jsonb
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 import mlpipe
-from mlpipe import artifacts, registry
+from mlpipe import artifacts, behaviour, registry
+from mlpipe.candidates import calibrate, search
 from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
 from mlpipe.extract import plan_chunks, read_features, read_labels
 from mlpipe.features import baseline_values, find_bad_rows, matrix_columns, to_matrix
 from mlpipe.registry import ModelVersion
 from mlpipe.settings import Settings
-from mlpipe.spec import Candidate, JobSpec
+from mlpipe.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -127,61 +123,6 @@ def _stratified_split(labels: np.ndarray, spec: JobSpec) -> np.ndarray:
     return split.astype(str)
 
 
-class _Deadline(xgb.callback.TrainingCallback):
-    """Stop boosting when the job's time budget runs out."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def after_iteration(self, model, epoch, evals_log) -> bool:
-        return time.monotonic() > self.deadline
-
-
-def fit_candidate(
-    candidate: Candidate, data: TrainingSet, columns: list[str], seed: int, deadline: float
-) -> artifacts.ScoringModel:
-    """Fit one candidate on the train split (boosted trees stop early on validation)."""
-    x_train, y_train = data.part("train")
-    params = dict(candidate.params)
-    if candidate.algorithm == "logistic_regression":
-        pipeline = make_pipeline(
-            SimpleImputer(strategy="median", keep_empty_features=True),
-            StandardScaler(),
-            LogisticRegression(C=float(params.get("C", 1.0)), max_iter=2000),
-        )
-        pipeline.fit(x_train, y_train)
-        imputer, scaler, logistic = pipeline.steps[0][1], pipeline.steps[1][1], pipeline.steps[2][1]
-        return artifacts.LinearModel(
-            columns=columns,
-            impute=imputer.statistics_.astype(np.float64),
-            mean=scaler.mean_.astype(np.float64),
-            scale=scaler.scale_.astype(np.float64),
-            coef=logistic.coef_[0].astype(np.float64),
-            intercept=float(logistic.intercept_[0]),
-        )
-    rounds = int(params.pop("num_boost_round", 500))
-    patience = int(params.pop("early_stopping_rounds", 30))
-    x_valid, y_valid = data.part("validation")
-    booster = xgb.train(
-        {
-            "objective": "binary:logistic",
-            "eval_metric": "logloss",
-            "tree_method": "hist",
-            "seed": seed,
-            **params,
-        },
-        xgb.DMatrix(x_train, label=y_train, feature_names=None),
-        num_boost_round=rounds,
-        evals=[(xgb.DMatrix(x_valid, label=y_valid), "validation")],
-        early_stopping_rounds=patience,
-        callbacks=[_Deadline(deadline)],
-        verbose_eval=False,
-    )
-    if booster.best_iteration is not None and booster.best_iteration + 1 < booster.num_boosted_rounds():
-        booster = booster[: booster.best_iteration + 1]
-    return artifacts.XGBoostModel(columns=columns, booster=booster)
-
-
 def score_reference(scores: np.ndarray) -> list[float]:
     """1001 quantiles of the test scores: the scale published percentiles are read against."""
     return np.quantile(scores, np.linspace(0, 1, 1001)).tolist()
@@ -236,53 +177,110 @@ def _train(conn, settings: Settings, spec: JobSpec, as_of: date, run_id: int, de
     data = build_training_set(conn, spec, as_of, settings.chunk_rows)
     columns = matrix_columns(spec)
     x_test, y_test = data.part("test")
-    x_valid, y_valid = data.part("validation")
-
     baseline = ranking_metrics(y_test, baseline_values(x_test, spec))
-    fitted, candidates = {}, {}
-    for candidate in spec.model.candidates:
-        model = fit_candidate(candidate, data, columns, spec.training.seed, deadline)
-        fitted[candidate.name] = model
-        candidates[candidate.name] = {
-            "algorithm": candidate.algorithm,
-            "validation": probability_metrics(y_valid, model.predict(x_valid)),
-            "test": probability_metrics(y_test, model.predict(x_test)),
-        }
-    metric = spec.model.metric
-    best = max(candidates, key=lambda name: candidates[name]["validation"][metric])
-    best_model, best_test = fitted[best], candidates[best]["test"]
+    models, candidates = _fit_candidates(spec, data, columns, deadline)
+    best, eligible = _choose(spec, candidates)
+    model, calibration_report = models[best], {"chosen": "none", "reason": "calibration: none in the spec"}
+    if spec.model.calibration == "auto":
+        model, calibration_report = calibrate(model, data, spec.training.seed)
+    test = probability_metrics(y_test, model.predict(x_test))
 
     current = registry.champion(conn, spec.name)
     champion_test = None
     if current is not None and current.feature_schema.get("columns") == columns:
         champion_test = probability_metrics(y_test, current.load().predict(x_test))
-    decision = decide_promotion(spec, best_test, baseline, champion_test)
+    decision = decide_promotion(spec, test, baseline, champion_test)
     if current is not None and champion_test is None:
         decision["reasons"].append(f"champion {current.model_version} uses other features: not comparable")
-
-    version = registry.next_version(conn, spec.name)
-    suffix = "ubj" if best_model.algorithm == "xgboost" else "json"
-    uri, sha256 = artifacts.save(
-        best_model, settings.artifact_store / spec.name, f"{spec.name}-v{version}.{suffix}"
-    )
+    checks = candidates[best]["behaviour"]["checks"]
+    if eligible:
+        decision["reasons"].append(
+            "behaviour checks passed: " + (", ".join(c["check"] for c in checks) or "none")
+        )
+    else:
+        decision["decision"] = "keep_challenger"
+        decision["reasons"].append("no candidate passed the behaviour checks")
     metrics = {
-        "test": best_test,
+        "test": test,
         "baseline": baseline,
         "champion": champion_test,
         "candidates": candidates,
         "chosen": best,
+        "calibration": calibration_report,
     }
-    model = registry.register(
+    registered = _register(conn, settings, spec, as_of, model, data, metrics, decision)
+    promoted = decision["decision"] == "promote"
+    reason = f"training run {run_id}: " + "; ".join(decision["reasons"])
+    registry.set_alias(conn, spec.name, "champion" if promoted else "challenger", registered.model_id, reason)
+    conn.commit()
+    log.info(
+        "job %s: registered %s (%s): %s", spec.name, registered.model_version, best, decision["decision"]
+    )
+    return TrainResult(model=registered, promoted=promoted, decision=decision, metrics=metrics, run_id=run_id)
+
+
+def _fit_candidates(
+    spec: JobSpec, data: TrainingSet, columns: list[str], deadline: float
+) -> tuple[dict, dict]:
+    """Search each candidate in an equal share of the remaining budget; evaluate and check it."""
+    x_test, y_test = data.part("test")
+    test_frame = data.frame[data.split == "test"]
+    models, report = {}, {}
+    for position, candidate in enumerate(spec.model.candidates):
+        share = (deadline - time.monotonic()) / (len(spec.model.candidates) - position)
+        found = search(candidate, spec, data, columns, time.monotonic() + max(share, 0.0))
+        models[candidate.name] = found.model
+        report[candidate.name] = {
+            "algorithm": candidate.algorithm,
+            "params": found.params,
+            "search": found.tried,
+            "validation": found.validation,
+            "test": probability_metrics(y_test, found.model.predict(x_test)),
+            "behaviour": behaviour.check(found.model, test_frame, spec, spec.training.seed),
+        }
+    return models, report
+
+
+def _choose(spec: JobSpec, candidates: dict) -> tuple[str, list[str]]:
+    """The best candidate on validation among those that pass their behaviour checks."""
+    required = spec.model.promotion.require_behaviour
+    eligible = [name for name, c in candidates.items() if c["behaviour"]["passed"] or not required]
+    metric = spec.model.metric
+    return max(eligible or candidates, key=lambda name: candidates[name]["validation"][metric]), eligible
+
+
+def _register(
+    conn,
+    settings: Settings,
+    spec: JobSpec,
+    as_of: date,
+    model: artifacts.ScoringModel,
+    data: TrainingSet,
+    metrics: dict,
+    decision: dict,
+) -> ModelVersion:
+    """Save the artifact and write its registry row with everything needed to trace a score back."""
+    version = registry.next_version(conn, spec.name)
+    suffix = {"xgboost": "ubj", "logistic_regression": "json", "hist_gradient_boosting": "pkl"}[
+        model.algorithm
+    ]
+    uri, sha256 = artifacts.save(
+        model, settings.artifact_store / spec.name, f"{spec.name}-v{version}.{suffix}"
+    )
+    columns = matrix_columns(spec)
+    x_test, _ = data.part("test")
+    chosen = metrics["candidates"][metrics["chosen"]]
+    return registry.register(
         conn,
         spec,
         version,
         {
-            "algorithm": best_model.algorithm,
+            "algorithm": model.algorithm,
             "trained_as_of": as_of,
             "artifact_uri": uri,
             "artifact_sha256": sha256,
             "metrics": metrics,
-            "params": {c.name: c.params for c in spec.model.candidates},
+            "params": {"chosen": chosen["params"], "spec": {c.name: c.params for c in spec.model.candidates}},
             "feature_schema": {
                 "columns": columns,
                 "features": spec.model_dump(mode="json")["features"],
@@ -291,22 +289,15 @@ def _train(conn, settings: Settings, spec: JobSpec, as_of: date, run_id: int, de
             "training_window": data.window,
             "row_counts": data.counts,
             "reference": {
-                "scores": score_reference(best_model.predict(x_test)),
+                "scores": score_reference(model.predict(x_test)),
                 "features": feature_reference(data, columns),
             },
             "library_versions": {**artifacts.library_versions(), "python": platform.python_version()},
             "code_version": f"mlpipe {mlpipe.__version__}",
             "promotion": decision,
+            "calibration": model.calibration.as_dict()
+            if isinstance(model, artifacts.CalibratedModel)
+            else None,
+            "behaviour": chosen["behaviour"],
         },
     )
-    promoted = decision["decision"] == "promote"
-    registry.set_alias(
-        conn,
-        spec.name,
-        "champion" if promoted else "challenger",
-        model.model_id,
-        f"training run {run_id}: " + "; ".join(decision["reasons"]),
-    )
-    conn.commit()
-    log.info("job %s: registered %s (%s), %s", spec.name, model.model_version, best, decision["decision"])
-    return TrainResult(model=model, promoted=promoted, decision=decision, metrics=metrics, run_id=run_id)
