@@ -81,7 +81,10 @@ def build_training_set(conn: psycopg.Connection, spec: JobSpec, as_of: date, chu
         counts["quarantined"] += int(bad.sum())
         counts["unlabeled"] += int(unlabeled.sum())
         frames.append(rows[~unlabeled].assign(cutoff=cutoff))
-    frame = pd.concat(frames, ignore_index=True)
+    # SQL returns rows in no particular order (and chunking changes it): sort, so that the same data
+    # always gives the same training set, split and artifact.
+    frame = pd.concat(frames, ignore_index=True).sort_values(["cutoff", spec.entity.key], kind="stable")
+    frame = frame.reset_index(drop=True)
     if frame.empty or frame["label"].nunique() < 2:
         raise ValueError(f"job {spec.name}: the training set as of {as_of} has no rows of both labels")
     labels = frame["label"].to_numpy(dtype=np.int64)
