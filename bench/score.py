@@ -20,9 +20,7 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from datetime import date
 from pathlib import Path
 
@@ -114,19 +112,14 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    from bench.common import scratch
     from mlpipe import train
     from mlpipe.db import connection, migrate
     from mlpipe.demo import world
     from mlpipe.settings import Settings
     from mlpipe.spec import load_job
 
-    home = Path(tempfile.mkdtemp(prefix="mlpipe-bench-"))
-    url = os.environ.get("MLPIPE_DATABASE_URL")
-    if not url:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgserver
-        url = pgserver.get_server(home / "pgdata", cleanup_mode="delete").get_uri()
+    home, url = scratch()
     env = {
         **os.environ,
         "MLPIPE_DATABASE_URL": url,

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
-import warnings
 from datetime import date
 from pathlib import Path
 
@@ -32,19 +29,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
 
+    from bench.common import scratch
     from mlpipe import train
     from mlpipe.db import connection, migrate
     from mlpipe.demo import world
     from mlpipe.settings import Settings
     from mlpipe.spec import load_job
 
-    home = Path(tempfile.mkdtemp(prefix="mlpipe-bench-"))
-    url = os.environ.get("MLPIPE_DATABASE_URL")
-    if not url:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgserver
-        url = pgserver.get_server(home / "pgdata", cleanup_mode="delete").get_uri()
+    home, url = scratch()
     settings = Settings(database_url=url, home=home)
     spec = load_job("churn", settings)
     migrate(url)

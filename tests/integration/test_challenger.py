@@ -32,7 +32,7 @@ def churn_with(tmp_path: Path, **outputs) -> str:
 @pytest.fixture
 def challenger(conn) -> str:
     """churn-v2 as the challenger, churn-v1 the champion."""
-    version = train_flow(job="churn")["model_version"]
+    version = train_flow(job="churn", as_of=days_ago(7))["model_version"]  # other cutoffs: another model
     v1 = registry.get(conn, "churn", model_version="churn-v1")
     registry.set_alias(conn, "churn", "champion", v1.model_id, "test setup")
     registry.set_alias(

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
 def _second_version(conn) -> str:
     """Train again (churn-v2) and make sure it is not the champion, whatever the rule decided."""
-    version = train_flow(job="churn")["model_version"]
+    version = train_flow(job="churn", as_of=days_ago(7))["model_version"]  # other cutoffs: another model
     champion = registry.champion(conn, "churn")
     if champion.model_version == version:
         registry.set_alias(

@@ -1,0 +1,21 @@
+"""What the benchmarks share: a scratch home folder and a database to fill."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+
+def scratch() -> tuple[Path, str]:
+    """(a fresh home folder, a database URL): MLPIPE_DATABASE_URL if set (its demo schema will be
+    replaced), else an embedded PostgreSQL in the home folder, deleted when the benchmark exits."""
+    home = Path(tempfile.mkdtemp(prefix="mlpipe-bench-"))
+    url = os.environ.get("MLPIPE_DATABASE_URL")
+    if not url:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+        url = pgserver.get_server(home / "pgdata", cleanup_mode="delete").get_uri()
+    return home, url
