@@ -17,8 +17,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-# About 0.41 of the customers are active at a cutoff in the demo world, and the job stacks 6 cutoffs.
-LABELED_ROWS_PER_ENTITY = 0.41 * 6
+# About 0.375 of the customers are active at a cutoff in the demo world, and the job stacks 6 cutoffs.
+LABELED_ROWS_PER_ENTITY = 0.375 * 6
 
 
 def main() -> None:

@@ -8,9 +8,10 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from mlpipe.chunks import ChunkResult, RunContext, score_chunk
 from mlpipe.db import database_url
 from mlpipe.extract import Chunk
-from mlpipe.score import ChunkResult, RunContext, ScoringRun, score_chunk
+from mlpipe.score import ScoringRun
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
 

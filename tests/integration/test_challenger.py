@@ -13,7 +13,7 @@ from psycopg import sql
 
 from flows.train import train_flow
 from mlpipe import registry
-from mlpipe.score import challenger_arm
+from mlpipe.chunks import challenger_arm
 from tests.helpers import days_ago, published, score
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]

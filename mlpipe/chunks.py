@@ -1,0 +1,176 @@
+"""One chunk of a scoring run: a key range extracted, checked, featurized, predicted and written.
+
+Chunks are independent: each opens its own connection and writes all of its rows or none, so they
+can run in threads or on Dask workers and a task retry is safe.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import SecretStr
+
+from mlpipe import publish
+from mlpipe.copyio import copy_in_csv, copy_predictions
+from mlpipe.db import connection
+from mlpipe.errors import RunFailedError
+from mlpipe.extract import Chunk, read_features
+from mlpipe.features import find_bad_rows, to_matrix
+from mlpipe.registry import ModelVersion
+from mlpipe.settings import Settings
+from mlpipe.spec import JobSpec, load_job
+
+HISTOGRAM_BINS = 20
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a chunk task needs; plain data, so it travels to threads and Dask workers alike."""
+
+    url: SecretStr
+    spec_path: str
+    as_of: date
+    run_id: int
+    table: str
+    model: ModelVersion
+    threshold: float
+    challenger: ModelVersion | None = None
+    shadow_table: str | None = None
+    challenger_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    chunk_no: int
+    rows_in: int
+    rows_scored: int
+    rows_quarantined: int
+    seconds: float
+    histogram: list[int]
+
+
+def _spec(path: str) -> JobSpec:
+    # Keyed by modification time too: a long-lived worker picks up an edited spec.
+    return _load_spec(path, Path(path).stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _load_spec(path: str, mtime_ns: int) -> JobSpec:
+    return load_job(Path(path), Settings())
+
+
+def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
+    """Extract, check, featurize, predict and write one key range, in one transaction."""
+    started = time.monotonic()
+    spec = _spec(ctx.spec_path)
+    model = ctx.model.load()  # verified and cached per process
+    with connection(ctx.url.get_secret_value()) as conn:
+        frame = read_features(conn, spec, ctx.as_of, chunk)
+        reasons = find_bad_rows(frame, spec)
+        bad = reasons.notna().to_numpy()
+        good = frame[~bad]
+        matrix = to_matrix(good, spec)
+        keys = good[spec.entity.key].to_numpy()
+        scores = _predict(model, matrix, ctx.model, chunk)
+        with conn.transaction():
+            if ctx.challenger is None:
+                _write(conn, ctx, ctx.table, keys, scores, ctx.model)
+            else:
+                scores = _write_with_challenger(conn, ctx, chunk, keys, matrix, scores)
+            if bad.any():
+                _quarantine(conn, ctx.run_id, frame[bad][spec.entity.key], reasons[bad])
+            seconds = time.monotonic() - started
+            conn.execute(
+                """insert into mlpipe.run_chunks (run_id, chunk_no, key_lo, key_hi, rows_in, rows_scored,
+                       rows_quarantined, seconds) values (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                [
+                    ctx.run_id,
+                    chunk.chunk_no,
+                    _text(chunk.key_lo),
+                    _text(chunk.key_hi),
+                    len(frame),
+                    len(good),
+                    int(bad.sum()),
+                    seconds,
+                ],
+            )
+    histogram = np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
+    return ChunkResult(chunk.chunk_no, len(frame), len(good), int(bad.sum()), seconds, histogram.tolist())
+
+
+def _predict(model, matrix: np.ndarray, version: ModelVersion, chunk: Chunk) -> np.ndarray:
+    scores = model.predict(matrix) if len(matrix) else np.empty(0)
+    if not np.isfinite(scores).all():
+        raise RunFailedError(
+            f"model {version.model_version} produced non-finite scores in chunk {chunk.chunk_no}"
+        )
+    return scores
+
+
+def _percentile(scores: np.ndarray, version: ModelVersion) -> np.ndarray:
+    # Against the model's out-of-time test scores: stable from day to day, one pass.
+    reference = np.asarray(version.reference["scores"])
+    return (100.0 * np.searchsorted(reference, scores, side="right") / len(reference)).astype(np.float32)
+
+
+def _write(
+    conn, ctx: RunContext, table: str, keys, scores, version: ModelVersion, *, own_version: bool = False
+):
+    copy_predictions(
+        conn,
+        publish.DATA_SCHEMA,
+        table,
+        keys,
+        scores,
+        scores >= ctx.threshold,
+        _percentile(scores, version),
+        version.model_version if own_version else None,
+    )
+
+
+def _write_with_challenger(conn, ctx: RunContext, chunk: Chunk, keys, matrix, scores) -> np.ndarray:
+    """Shadow: the challenger scores everyone into its own table. Batch A/B: a stable share of
+    entities is published with the challenger's score and model_version. Returns published scores."""
+    challenger = _predict(ctx.challenger.load(), matrix, ctx.challenger, chunk)
+    if ctx.shadow_table:
+        _write(conn, ctx, ctx.shadow_table, keys, challenger, ctx.challenger)
+    arm = challenger_arm(keys, ctx.challenger_share)
+    _write(conn, ctx, ctx.table, keys[~arm], scores[~arm], ctx.model)
+    if arm.any():
+        _write(conn, ctx, ctx.table, keys[arm], challenger[arm], ctx.challenger, own_version=True)
+    return np.where(arm, challenger, scores)
+
+
+def challenger_arm(keys: np.ndarray, share: float) -> np.ndarray:
+    """Whether each entity is in the challenger's arm: a stable hash of its key (the same every
+    day, on every machine), so an entity stays with one model for the whole test."""
+    if share <= 0 or len(keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    buckets = pd.util.hash_array(np.asarray(keys, dtype=object), categorize=False) % 10_000
+    return buckets < round(share * 10_000)
+
+
+def _quarantine(conn, run_id: int, keys: pd.Series, reasons: pd.Series) -> None:
+    copy_in_csv(
+        conn,
+        "mlpipe",
+        "quarantine",
+        pa.table(
+            {
+                "run_id": pa.array(np.full(len(keys), run_id, dtype=np.int64)),
+                "entity_id": pa.array(keys.astype("string").to_numpy(na_value=None), type=pa.string()),
+                "reason": pa.array(reasons.to_numpy(dtype=object), type=pa.string()),
+            }
+        ),
+    )
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,289 @@
+"""The `mlpipe` command line: one command per operation, clear errors, progress on long work."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import date
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mlpipe import db
+from mlpipe.cli.common import (
+    AsOfOption,
+    JobOption,
+    ModelOption,
+    cell,
+    console,
+    err,
+    parse_day,
+    prepare,
+)
+from mlpipe.cli.database import db_app
+from mlpipe.cli.models import models_app
+from mlpipe.errors import MlpipeError, UsageError
+
+app = typer.Typer(
+    help="Precompute predictions for a whole population and publish them into PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+
+
+def _quiet_prefect() -> None:
+    # Operators read rich output; Prefect's own logs stay available with MLPIPE_VERBOSE=1.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("MLPIPE_VERBOSE"):
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def main() -> None:
+    """Console entry point: known errors become one red line and exit code 1, no traceback."""
+    logging.basicConfig(
+        level=logging.INFO if os.environ.get("MLPIPE_VERBOSE") else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_prefect()
+    try:
+        app()
+    except MlpipeError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+
+
+@app.command()
+def demo(
+    entities: Annotated[int, typer.Option(min=100, help="Customers in the demo world.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Seed of the demo world.")] = 42,
+) -> None:
+    """Set up everything on the embedded database: demo data, train, score today, publish, look up."""
+    from psycopg import sql
+
+    from flows.score import with_workers
+    from flows.train import train_flow
+    from mlpipe.demo import titanic, world
+
+    settings, url, spec = prepare("churn")
+    with console.status(f"generating a demo world of {entities:,} customers"), db.connection(url) as conn:
+        summary = world.generate(conn, entities, seed=seed)
+        titanic.load(conn)
+    console.print(
+        f"demo world: {summary.entities:,} customers, {summary.events:,} events, "
+        f"{summary.payments:,} payments, {summary.cancellations:,} cancellations"
+    )
+    with console.status("training (monthly job)"):
+        trained = train_flow(job="churn")
+    _print_training(trained)
+    with console.status("scoring today's population (daily job)"):
+        result = with_workers(settings)(job="churn", as_of=date.today())
+    _print_score(result)
+    with db.connection(url) as conn:
+        sample = conn.execute(
+            "select entity_id from predictions.churn order by score desc limit 1"
+        ).fetchone()
+        if sample:
+            query = sql.SQL("select * from predictions.churn where entity_id = {}").format(
+                sql.Literal(sample[0])
+            )
+            reader_sql = query.as_string(conn)
+    if sample:
+        lookup(str(sample[0]), job="churn", as_of=None)
+        console.print("\nA frontend reads it with plain SQL, no model involved:")
+        console.print(f'  psql "$(mlpipe db url)" -c "{reader_sql}"', highlight=False, soft_wrap=True)
+
+
+@app.command()
+def train(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
+    """Train the job's candidates as of a day, register the best, promote it if the rule is met."""
+    from flows.train import train_flow
+
+    day = parse_day(as_of)
+    _, _, spec = prepare(job)
+    with console.status(f"training {spec.name} as of {day}"):
+        result = train_flow(job=str(spec.folder / "job.yaml"), as_of=day)
+    _print_training(result)
+
+
+@app.command()
+def score(job: JobOption = "churn", as_of: AsOfOption = None, model: ModelOption = None) -> None:
+    """Score the whole population as of a day and publish it atomically."""
+    from flows.score import with_workers
+
+    day = parse_day(as_of)
+    settings, _, spec = prepare(job)
+    spec.check_as_of(day)
+    with console.status(f"scoring {spec.name} as of {day}"):
+        result = with_workers(settings)(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
+    _print_score(result)
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD (inclusive).")],
+    job: JobOption = "churn",
+    model: ModelOption = None,
+) -> None:
+    """Score every day of a range as of that day; the latest view never moves backwards."""
+    from flows.score import with_workers
+    from mlpipe.score import days_between
+
+    days = days_between(parse_day(start, "--start"), parse_day(end, "--end"))
+    settings, _, spec = prepare(job)
+    flow = with_workers(settings)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"backfill {spec.name}", total=len(days))
+        for day in days:
+            progress.update(bar, description=f"backfill {spec.name} {day}")
+            result = flow(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
+            progress.console.print(
+                f"{day}: {result['rows_scored']:,} scored, "
+                f"{result['rows_quarantined']:,} quarantined (run {result['run_id']})"
+            )
+            progress.advance(bar)
+
+
+@app.command()
+def lookup(
+    entity_id: Annotated[str, typer.Argument(help="The entity's key.")],
+    job: JobOption = "churn",
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Read that day from history instead.")] = None,
+) -> None:
+    """Show an entity's published prediction, exactly as a frontend reads it."""
+    from psycopg import sql
+
+    _, url, spec = prepare(job)
+    key: int | str = entity_id
+    if spec.entity.type == "bigint":
+        try:
+            key = int(entity_id)
+        except ValueError:
+            raise UsageError(f"job {spec.name} has bigint keys; {entity_id!r} is not an integer") from None
+    table = spec.name if as_of is None else f"{spec.name}_history"
+    query = sql.SQL("select * from {} where entity_id = %s").format(sql.Identifier("predictions", table))
+    params: list = [key]
+    if as_of is not None:
+        query = sql.SQL("{} and as_of = %s").format(query)
+        params.append(parse_day(as_of))
+    with db.connection(url) as conn:
+        if conn.execute("select to_regclass(%s)", [f"predictions.{table}"]).fetchone()[0] is None:
+            raise UsageError(
+                f"nothing published for job {spec.name} yet: run `mlpipe score --job {spec.name}`"
+            )
+        cur = conn.execute(query, params)
+        row = cur.fetchone()
+        names = [c.name for c in cur.description]
+    if row is None:
+        raise UsageError(
+            f"no prediction for {spec.entity.key} {entity_id!r} in predictions.{table}"
+            + (f" as of {as_of}" if as_of else "")
+        )
+    out = Table(title=f"predictions.{table}", show_header=False)
+    for name, value in zip(names, row, strict=True):
+        out.add_row(name, str(value))
+    console.print(out)
+
+
+@app.command()
+def runs(
+    job: Annotated[str | None, typer.Option("--job", "-j", help="Only this job.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+) -> None:
+    """Recent training and scoring runs with their counts, model and outcome."""
+    _, url, spec = prepare(job)
+    with db.connection(url) as conn:
+        rows = conn.execute(
+            """select r.run_id, r.job, r.kind, r.as_of, r.status, m.model_version, r.population,
+                      r.rows_scored, r.rows_quarantined,
+                      extract(epoch from r.finished_at - r.started_at), r.error
+               from mlpipe.runs r left join mlpipe.models m using (model_id)
+               where %(job)s::text is null or r.job = %(job)s
+               order by r.run_id desc limit %(limit)s""",
+            {"job": spec.name if spec else None, "limit": limit},
+        ).fetchall()
+    out = Table("run", "job", "kind", "as of", "status", "model", "population", "scored", "quarantined")
+    out.add_column("seconds")
+    out.add_column("error")
+    for row in rows:
+        out.add_row(str(row[0]), *(cell(value) for value in row[1:-1]), (row[-1] or "")[:80])
+    console.print(out)
+
+
+def _print_training(result: dict) -> None:
+    """The decision table: every candidate, the baseline and the champion on the same test set."""
+    metric = result["metric"]
+    out = Table(
+        "",
+        "algorithm",
+        f"validation {metric}",
+        "roc_auc",
+        "pr_auc",
+        "log_loss",
+        "brier",
+        "behaviour",
+        title="out-of-time test set",
+    )
+    for name, c in result["candidates"].items():
+        test = c["test"]
+        mark = " (chosen)" if name == result["chosen"] else ""
+        out.add_row(
+            name + mark,
+            c["algorithm"],
+            f"{c['validation']:.4f}",
+            f"{test['roc_auc']:.4f}",
+            f"{test['pr_auc']:.4f}",
+            f"{test['log_loss']:.4f}",
+            f"{test['brier']:.4f}",
+            "passed" if c["behaviour_passed"] else "[red]failed[/]",
+        )
+    final = result["test"]
+    out.add_row(
+        f"{result['model_version']} (calibration: {result['calibration']})",
+        "",
+        "",
+        f"{final['roc_auc']:.4f}",
+        f"{final['pr_auc']:.4f}",
+        f"{final['log_loss']:.4f}",
+        f"{final['brier']:.4f}",
+        "",
+    )
+    if result["champion"]:
+        champ = result["champion"]
+        out.add_row(
+            "current champion",
+            "",
+            "",
+            f"{champ['roc_auc']:.4f}",
+            f"{champ['pr_auc']:.4f}",
+            f"{champ['log_loss']:.4f}",
+            f"{champ['brier']:.4f}",
+            "",
+        )
+    base = result["baseline"]
+    out.add_row("baseline rule", "", "", f"{base['roc_auc']:.4f}", f"{base['pr_auc']:.4f}", "", "", "")
+    console.print(out)
+    verdict = "[green]promoted to champion[/]" if result["promoted"] else "[yellow]kept as challenger[/]"
+    console.print(f"{result['model_version']}: {verdict}")
+    for reason in result["decision"]["reasons"]:
+        console.print(f"  - {reason}", highlight=False)
+
+
+def _print_score(result: dict) -> None:
+    console.print(
+        f"run {result['run_id']}: {result['job']} as of {result['as_of']} with {result['model_version']}: "
+        f"{result['rows_scored']:,} scored, {result['rows_quarantined']:,} quarantined of "
+        f"{result['population']:,} in {result['chunks']} chunks, {result['timings']['total_s']:.2f}s; "
+        + (
+            "published, predictions." + result["job"] + " now shows this day"
+            if result["view_moved"]
+            else "published to history (a newer day stays in the view)"
+        )
+    )

@@ -1,0 +1,5 @@
+"""`python -m mlpipe.cli`."""
+
+from mlpipe.cli import main
+
+main()

@@ -1,0 +1,185 @@
+"""`mlpipe models`: the registry from the command line (list, show, promote, rollback, diff)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mlpipe import db, registry
+from mlpipe.cli.common import (
+    JobOption,
+    JsonOption,
+    ReasonOption,
+    VersionArgument,
+    console,
+    prepare,
+    print_json,
+    print_rows,
+)
+
+models_app = typer.Typer(help="The model registry: list, show, promote, rollback, diff.")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, job: JobOption = "churn", as_json: JsonOption = False) -> None:
+    """Registered model versions of a job (list when no subcommand is given)."""
+    if ctx.invoked_subcommand is None:
+        models_list(job=job, as_json=as_json)
+
+
+@models_app.command("list")
+def models_list(job: JobOption = "churn", as_json: JsonOption = False) -> None:
+    """Versions with their test metrics, aliases and promotion decision."""
+    _, url, spec = prepare(job)
+    with db.connection(url) as conn:
+        rows = registry.list_models(conn, spec.name)
+    if as_json:
+        print_json(rows)
+        return
+    metric = spec.model.metric
+    out = Table("version", "algorithm", "aliases", "trained as of", metric, "brier", "decision", "created")
+    for r in rows:
+        test = r["test_metrics"] or {}
+        out.add_row(
+            r["model_version"],
+            r["algorithm"],
+            r["aliases"],
+            str(r["trained_as_of"]),
+            f"{test.get(metric, float('nan')):.4f}",
+            f"{test.get('brier', float('nan')):.4f}",
+            r["decision"] or "",
+            f"{r['created_at']:%Y-%m-%d %H:%M}",
+        )
+    console.print(out)
+
+
+@models_app.command("show")
+def models_show(version: VersionArgument, job: JobOption = "churn", as_json: JsonOption = False) -> None:
+    """One version: lineage, metrics, calibration, behaviour, alias history and the days it published."""
+    _, url, spec = prepare(job)
+    with db.connection(url) as conn:
+        info = registry.details(conn, spec.name, version)
+        history = registry.alias_history(conn, spec.name)
+    if as_json:
+        print_json({**info, "alias_history": history})
+        return
+    test = info["metrics"]["test"]
+    facts = Table(title=info["model_version"], show_header=False)
+    for label, value in (
+        ("algorithm", info["algorithm"]),
+        ("aliases", info["aliases"] or "-"),
+        ("trained as of", info["trained_as_of"]),
+        ("training window", json.dumps(info["training_window"])),
+        ("row counts", json.dumps(info["row_counts"])),
+        ("artifact", f"{info['artifact_uri']} (sha256 {info['artifact_sha256'][:16]}…)"),
+        ("libraries", json.dumps(info["library_versions"])),
+        ("test", ", ".join(f"{k} {test[k]:.4f}" for k in ("roc_auc", "pr_auc", "log_loss", "brier"))),
+        ("calibration", (info["calibration"] or {}).get("method", "none")),
+        (
+            "behaviour",
+            "; ".join(
+                f"{c['check']}: {'ok' if c['passed'] else 'FAILED'}"
+                for c in (info["behaviour"] or {}).get("checks", [])
+            )
+            or "-",
+        ),
+        ("decision", "; ".join((info["promotion"] or {}).get("reasons", []))),
+    ):
+        facts.add_row(label, str(value))
+    console.print(facts)
+    print_rows("days published", info["published"])
+    print_rows(f"alias history of {spec.name}", history)
+
+
+@models_app.command("promote")
+def models_promote(version: VersionArgument, reason: ReasonOption, job: JobOption = "churn") -> None:
+    """Make a version the champion by hand; the next scoring run uses it."""
+    _, url, spec = prepare(job)
+    with db.connection(url) as conn:
+        model = registry.get(conn, spec.name, model_version=version)
+        previous = registry.promote(conn, spec.name, model, reason, _operator())
+    was = previous.model_version if previous else "none"
+    console.print(f"{model.model_version} is now the champion of {spec.name} (was {was})")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    reason: ReasonOption,
+    job: JobOption = "churn",
+    republish: Annotated[
+        bool,
+        typer.Option(
+            help="Point the view back at the newest day the restored "
+            "model published, now, without re-scoring."
+        ),
+    ] = False,
+) -> None:
+    """Restore the previous champion for the next run (and, with --republish, for readers now)."""
+    from mlpipe import publish
+
+    settings, url, spec = prepare(job)
+    with db.connection(url) as conn:
+        demoted, restored = registry.rollback(conn, spec.name, reason, _operator())
+        conn.commit()
+        console.print(f"champion of {spec.name}: {demoted.model_version} -> {restored.model_version}")
+        if republish:
+            day = publish.republish_latest(
+                conn,
+                spec,
+                restored.model_id,
+                f"rollback to {restored.model_version}",
+                lock_timeout_ms=settings.lock_timeout_ms,
+                attempts=settings.publish_retries,
+            )
+            console.print(f"predictions.{spec.name} now shows {day}, scored by {restored.model_version}")
+
+
+@models_app.command("diff")
+def models_diff(
+    a: VersionArgument, b: VersionArgument, job: JobOption = "churn", as_json: JsonOption = False
+) -> None:
+    """Two versions side by side: metrics, parameters, features, training window."""
+    _, url, spec = prepare(job)
+    with db.connection(url) as conn:
+        left, right = registry.details(conn, spec.name, a), registry.details(conn, spec.name, b)
+    rows = _diff_rows(left, right)
+    if as_json:
+        print_json({"a": left["model_version"], "b": right["model_version"], "differences": rows})
+        return
+    out = Table("", left["model_version"], right["model_version"], "b - a")
+    for name, x, y, delta in rows:
+        out.add_row(name, str(x), str(y), "" if delta is None else f"{delta:+.4f}")
+    console.print(out)
+
+
+def _diff_rows(left: dict, right: dict) -> list[tuple]:
+    rows = []
+    for metric in ("roc_auc", "pr_auc", "log_loss", "brier"):
+        x, y = left["metrics"]["test"][metric], right["metrics"]["test"][metric]
+        rows.append((f"test {metric}", round(x, 4), round(y, 4), y - x))
+    for label, key in (
+        ("algorithm", "algorithm"),
+        ("trained as of", "trained_as_of"),
+        ("calibration", "calibration"),
+        ("chosen params", "params"),
+    ):
+        x, y = left[key], right[key]
+        if key == "params":
+            x, y = x.get("chosen"), y.get("chosen")
+        if key == "calibration":
+            x, y = (x or {}).get("method", "none"), (y or {}).get("method", "none")
+        rows.append((label, x, y, None))
+    lcols, rcols = left["feature_schema"]["columns"], right["feature_schema"]["columns"]
+    rows.append(("features only in a", sorted(set(lcols) - set(rcols)) or "-", "", None))
+    rows.append(("features only in b", "", sorted(set(rcols) - set(lcols)) or "-", None))
+    rows.append(("training rows", left["row_counts"].get("train"), right["row_counts"].get("train"), None))
+    return rows
+
+
+def _operator() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()} (mlpipe cli)"
