@@ -4,19 +4,37 @@ from __future__ import annotations
 
 from datetime import date
 
+import psycopg
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mlpipe.chunks import ChunkResult, RunContext, score_chunk
-from mlpipe.db import database_url
+from mlpipe.db import DatabaseError, database_url
 from mlpipe.extract import Chunk
 from mlpipe.score import ScoringRun
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
 
 
-@task(name="score-chunk", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def _is_io_error(task, task_run, state) -> bool:
+    """Retry a chunk only when the database connection failed, not when its data did."""
+    try:
+        state.result()
+    except (psycopg.OperationalError, DatabaseError):
+        return True
+    except Exception:  # noqa: BLE001 (any other error is the chunk's data or code: retrying will not help)
+        return False
+    return False
+
+
+@task(
+    name="score-chunk",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_is_io_error,
+    cache_policy=NO_CACHE,
+)
 def score_chunk_task(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     """One key range; each attempt writes all of its rows or none, so a retry is safe."""
     return score_chunk(ctx, chunk)

@@ -6,6 +6,8 @@ can run in threads or on Dask workers and a task retry is safe.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -15,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
-from mlpipe import publish
+from mlpipe import publish, validate
 from mlpipe.copyio import copy_in_csv, copy_predictions
 from mlpipe.db import connection
 from mlpipe.errors import RunFailedError
@@ -54,6 +57,8 @@ class ChunkResult:
     rows_quarantined: int
     seconds: float
     histogram: list[int]
+    min_score: float | None = None
+    max_score: float | None = None
 
 
 def _spec(path: str) -> JobSpec:
@@ -72,12 +77,24 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     spec = _spec(ctx.spec_path)
     model = ctx.model.load()  # verified and cached per process
     with connection(ctx.url.get_secret_value()) as conn:
+        done = _finished(conn, ctx.run_id, chunk)
+        if done is not None:  # written by an attempt that crashed later, or by a resumed run
+            return done
         frame = read_features(conn, spec, ctx.as_of, chunk)
         reasons = find_bad_rows(frame, spec)
         bad = reasons.notna().to_numpy()
         good = frame[~bad]
         matrix = to_matrix(good, spec)
         keys = good[spec.entity.key].to_numpy()
+        failures = validate.check_chunk(
+            matrix, ctx.model.feature_schema["columns"], ctx.model.reference["features"], seed=chunk.chunk_no
+        )
+        if failures:
+            raise validate.GateFailed(
+                f"the feature check of chunk {chunk.chunk_no}",
+                failures,
+                _keys_with_missing(keys, matrix, ctx.model.feature_schema["columns"], failures),
+            )
         scores = _predict(model, matrix, ctx.model, chunk)
         with conn.transaction():
             if ctx.challenger is None:
@@ -87,9 +104,15 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
             if bad.any():
                 _quarantine(conn, ctx.run_id, frame[bad][spec.entity.key], reasons[bad])
             seconds = time.monotonic() - started
+            summary = {
+                "histogram": np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0].tolist(),
+                "min_score": float(scores.min()) if len(scores) else None,
+                "max_score": float(scores.max()) if len(scores) else None,
+            }
             conn.execute(
                 """insert into mlpipe.run_chunks (run_id, chunk_no, key_lo, key_hi, rows_in, rows_scored,
-                       rows_quarantined, seconds) values (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                       rows_quarantined, seconds, summary, worker)
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
                 [
                     ctx.run_id,
                     chunk.chunk_no,
@@ -99,10 +122,35 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
                     len(good),
                     int(bad.sum()),
                     seconds,
+                    Jsonb(summary),
+                    f"{socket.gethostname()}:{os.getpid()}",
                 ],
             )
-    histogram = np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
-    return ChunkResult(chunk.chunk_no, len(frame), len(good), int(bad.sum()), seconds, histogram.tolist())
+    return ChunkResult(chunk.chunk_no, len(frame), len(good), int(bad.sum()), seconds, **_renamed(summary))
+
+
+def _renamed(summary: dict) -> dict:
+    return {
+        "histogram": summary["histogram"],
+        "min_score": summary["min_score"],
+        "max_score": summary["max_score"],
+    }
+
+
+def _keys_with_missing(keys: np.ndarray, matrix: np.ndarray, columns: list[str], failures) -> list:
+    column = next((f.column for f in failures if f.column in columns), None)
+    if column is None:
+        return []
+    return keys[np.isnan(matrix[:, columns.index(column)])][:5].tolist()
+
+
+def _finished(conn, run_id: int, chunk: Chunk) -> ChunkResult | None:
+    row = conn.execute(
+        """select rows_in, rows_scored, rows_quarantined, seconds, summary from mlpipe.run_chunks
+           where run_id = %s and chunk_no = %s""",
+        [run_id, chunk.chunk_no],
+    ).fetchone()
+    return None if row is None else ChunkResult(chunk.chunk_no, *row[:4], **_renamed(row[4]))
 
 
 def _predict(model, matrix: np.ndarray, version: ModelVersion, chunk: Chunk) -> np.ndarray:

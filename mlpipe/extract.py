@@ -62,6 +62,8 @@ def read_features(
     """Raw feature rows as of `as_of` for one chunk (or everything), streamed out with COPY."""
     try:
         table = copy_out(conn, features_query(spec, chunk), _params(as_of, chunk), source_types(spec))
+    except psycopg.OperationalError:
+        raise  # the connection, not the SQL: the chunk task retries it
     except (psycopg.Error, pa.ArrowInvalid) as exc:
         raise SourceError(f"job {spec.name}: reading features as of {as_of} failed: {exc}") from exc
     return table.to_pandas()

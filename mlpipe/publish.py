@@ -241,3 +241,43 @@ def republish_latest(
         lambda: _point_view(conn, spec, as_of, run_id, table, reason),
     )
     return as_of
+
+
+def apply_retention(
+    conn: psycopg.Connection, spec: JobSpec, *, lock_timeout_ms: int, attempts: int
+) -> list[date]:
+    """Drop history (and shadow) partitions older than outputs.history_days before the newest
+    published day; the day the view shows is always kept. Returns the days dropped."""
+    rows = conn.execute(
+        """select p.kind, p.as_of, p.table_name from mlpipe.partitions p
+           where p.job = %(job)s
+             and p.as_of <= (select max(as_of) from mlpipe.partitions
+                             where job = %(job)s and kind = 'published') - %(days)s::int
+             and p.as_of is distinct from (select as_of from mlpipe.live_views where job = %(job)s)
+           order by p.as_of""",
+        {"job": spec.name, "days": spec.outputs.history_days},
+    ).fetchall()
+
+    def drop(kind: str, as_of: date, table: str) -> None:
+        parent = history_name(spec) if kind == "published" else shadow_name(spec)
+        conn.execute(
+            sql.SQL("alter table {} detach partition {}").format(
+                sql.Identifier(PUBLIC_SCHEMA, parent), sql.Identifier(DATA_SCHEMA, table)
+            )
+        )
+        drop_run_table(conn, table)
+        conn.execute(
+            "delete from mlpipe.partitions where job = %s and kind = %s and as_of = %s",
+            [spec.name, kind, as_of],
+        )
+
+    for kind, as_of, table in rows:
+        _retrying(
+            conn,
+            f"drop {spec.name} {kind} partition {as_of}",
+            lock_timeout_ms,
+            attempts,
+            lambda k=kind, d=as_of, t=table: drop(k, d, t),
+        )
+        log.info("retention: dropped %s %s partition of %s", spec.name, kind, as_of)
+    return sorted({as_of for _, as_of, _ in rows})

@@ -15,14 +15,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 
 import numpy as np
+import pandas as pd
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
-from mlpipe import publish, registry
+from mlpipe import publish, registry, validate
 from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext
 from mlpipe.db import connect
-from mlpipe.errors import RunFailedError, RunLockedError, SpecError, UsageError
-from mlpipe.extract import check_features_source, plan_chunks
+from mlpipe.errors import RunLockedError, SpecError, UsageError
+from mlpipe.extract import Chunk, check_features_source, plan_chunks
 from mlpipe.features import matrix_columns
 from mlpipe.registry import ModelVersion
 from mlpipe.settings import Settings
@@ -80,13 +82,28 @@ class ScoringRun:
         ).fetchone()[0]
         if not locked:
             raise RunLockedError(self._lock_holder_message())
-        self._abandon_crashed_runs()
+        self._check_history_window()
         with conn.transaction():
             publish.ensure_job_tables(conn, spec)
         self.model = registry.resolve(conn, spec.name, model_version)
         self._check_model(self.model)
         self.challenger = self._challenger()
         check_features_source(conn, spec, as_of)
+        self.timings = {}
+        if not self._resume_crashed_run():
+            self._new_run()
+        log.info(
+            "run %s: %s as of %s with %s, %d entities in %d chunks",
+            self.run_id,
+            spec.name,
+            as_of,
+            self.model.model_version,
+            self.population,
+            len(self.chunks),
+        )
+
+    def _new_run(self) -> None:
+        conn, spec, as_of = self.conn, self.spec, self.as_of
         self.run_id = conn.execute(
             """insert into mlpipe.runs (job, kind, as_of, model_id, challenger_model_id, challenger_mode,
                    status, host, pid)
@@ -108,20 +125,76 @@ class ScoringRun:
             )
         planned = time.monotonic()
         self.population, self.chunks = plan_chunks(conn, spec, as_of, self.settings.chunk_rows)
-        self.timings = {"plan_s": round(time.monotonic() - planned, 3)}
+        self.timings["plan_s"] = round(time.monotonic() - planned, 3)
+        plan = [[c.chunk_no, c.key_lo, c.key_hi, c.is_last] for c in self.chunks]
         conn.execute(
-            "update mlpipe.runs set population = %s, chunks = %s where run_id = %s",
-            [self.population, len(self.chunks), self.run_id],
+            "update mlpipe.runs set population = %s, chunks = %s, plan = %s where run_id = %s",
+            [self.population, len(self.chunks), Jsonb(plan), self.run_id],
         )
-        log.info(
-            "run %s: %s as of %s with %s, %d entities in %d chunks",
-            self.run_id,
-            spec.name,
-            as_of,
-            self.model.model_version,
-            self.population,
+
+    def _resume_crashed_run(self) -> bool:
+        """Continue the newest crashed run of this (job, day) when it used the same models: its
+        finished chunks are kept and only the missing ones run, so the result is the one an
+        uninterrupted run would have published. Older or incompatible crashed runs are dropped."""
+        # We hold the lock, so any run of this (job, day) still marked running has died.
+        crashed = self.conn.execute(
+            """select run_id, model_id, challenger_model_id, plan, population from mlpipe.runs
+               where job = %s and as_of = %s and kind = 'score' and status = 'running'
+               order by run_id desc""",
+            [self.spec.name, self.as_of],
+        ).fetchall()
+        resumable = None
+        if crashed:
+            run_id, model_id, challenger_id, plan, population = crashed[0]
+            same_models = model_id == self.model.model_id and challenger_id == (
+                self.challenger.model_id if self.challenger else None
+            )
+            table = publish.run_table_name(self.spec, run_id)
+            exists = self.conn.execute(
+                "select to_regclass(%s)", [f"{publish.DATA_SCHEMA}.{table}"]
+            ).fetchone()[0]
+            if same_models and plan is not None and exists is not None:
+                resumable = crashed[0]
+        for run_id, *_ in crashed:
+            if resumable is None or run_id != resumable[0]:
+                self._abandon(run_id)
+        if resumable is None:
+            return False
+        run_id, _, _, plan, population = resumable
+        self.run_id, self.population = run_id, population
+        self.table = publish.run_table_name(self.spec, run_id)
+        if self.challenger is not None and self.spec.outputs.shadow:
+            self.shadow_table = publish.run_table_name(self.spec, run_id, "shadow")
+        self.chunks = [Chunk(no, lo, hi, last) for no, lo, hi, last in plan]
+        done = self.conn.execute(
+            "select count(*) from mlpipe.run_chunks where run_id = %s", [run_id]
+        ).fetchone()[0]
+        self.conn.execute(
+            "update mlpipe.runs set host = %s, pid = %s, error = null where run_id = %s",
+            [socket.gethostname(), os.getpid(), run_id],
+        )
+        self.timings.update(plan_s=0.0, resumed_chunks=done)
+        log.warning(
+            "run %s of %s for %s had crashed; resuming it (%d of %d chunks were done)",
+            run_id,
+            self.spec.name,
+            self.as_of,
+            done,
             len(self.chunks),
         )
+        return True
+
+    def _check_history_window(self) -> None:
+        """Refuse a day that retention would drop as soon as it is published."""
+        newest = self.conn.execute(
+            "select max(as_of) from mlpipe.partitions where job = %s and kind = 'published'", [self.spec.name]
+        ).fetchone()[0]
+        keep = self.spec.outputs.history_days
+        if newest is not None and (newest - self.as_of).days >= keep:
+            raise UsageError(
+                f"{self.as_of} is outside the {keep}-day history of {self.spec.name} (newest day {newest}); "
+                "raise outputs.history_days to keep older days"
+            )
 
     def _check_model(self, model: ModelVersion) -> None:
         """Fail now, not in every chunk, if the artifact is missing or tampered with, or if the spec's
@@ -177,23 +250,21 @@ class ScoringRun:
             "(`mlpipe runs`) and run again"
         )
 
-    def _abandon_crashed_runs(self) -> None:
-        # We hold the lock, so any run of this (job, day) still marked running has died.
-        crashed = self.conn.execute(
+    def _abandon(self, run_id: int) -> None:
+        self.conn.execute(
             """update mlpipe.runs set status = 'abandoned', finished_at = now(),
-                   error = 'the process ended without finishing (crash or kill)'
-               where job = %s and as_of = %s and kind = 'score' and status = 'running' returning run_id""",
-            [self.spec.name, self.as_of],
-        ).fetchall()
-        for (run_id,) in crashed:
-            for kind in ("published", "shadow"):
-                publish.drop_run_table(self.conn, publish.run_table_name(self.spec, run_id, kind))
-            log.warning(
-                "run %s of %s for %s had crashed; its partial table was dropped",
-                run_id,
-                self.spec.name,
-                self.as_of,
-            )
+                   error = 'the process ended without finishing (crash or kill); not resumable'
+               where run_id = %s""",
+            [run_id],
+        )
+        for kind in ("published", "shadow"):
+            publish.drop_run_table(self.conn, publish.run_table_name(self.spec, run_id, kind))
+        log.warning(
+            "run %s of %s for %s had crashed; its partial tables were dropped",
+            run_id,
+            self.spec.name,
+            self.as_of,
+        )
 
     @property
     def context(self) -> RunContext:
@@ -223,17 +294,9 @@ class ScoringRun:
         """Check the counts, index the table, publish in one short transaction, record the run."""
         scored = sum(r.rows_scored for r in results)
         quarantined = sum(r.rows_quarantined for r in results)
-        rows_in = sum(r.rows_in for r in results)
-        self.timings["chunks_s"] = round(time.monotonic() - self.started - self.timings["plan_s"], 3)
-        gates = self._gates(rows_in, scored, quarantined)
-        self.conn.execute("update mlpipe.runs set gates = %s where run_id = %s", [Jsonb(gates), self.run_id])
-        failed = [g for g in gates.values() if not g["passed"]]
-        if failed:
-            raise RunFailedError(
-                f"run {self.run_id} ({self.spec.name} {self.as_of}) stopped before publishing: "
-                + "; ".join(g["message"] for g in failed)
-                + ". The previous predictions stay live; see `mlpipe runs` and mlpipe.quarantine."
-            )
+        self.timings["chunks_s"] = round(time.monotonic() - self.started - self.timings.get("plan_s", 0.0), 3)
+        histogram = np.sum([r.histogram for r in results], axis=0).tolist() if results else []
+        self._output_gate(results, histogram)
         indexed = time.monotonic()
         publish.index_run_table(self.conn, self.table)
         if self.shadow_table:
@@ -251,8 +314,14 @@ class ScoringRun:
             shadow_table=self.shadow_table,
         )
         self.timings["publish_s"] = round(time.monotonic() - swap, 4)
+        dropped = publish.apply_retention(
+            self.conn,
+            self.spec,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+            attempts=self.settings.publish_retries,
+        )
+        self.timings["retention_dropped_days"] = len(dropped)
         self.timings["total_s"] = round(time.monotonic() - self.started, 3)
-        histogram = np.sum([r.histogram for r in results], axis=0).tolist() if results else []
         self.conn.execute(
             """update mlpipe.runs set rows_scored = %s, rows_quarantined = %s, timings = %s,
                    score_histogram = %s where run_id = %s""",
@@ -277,25 +346,71 @@ class ScoringRun:
             self.timings,
         )
 
-    def _gates(self, rows_in: int, scored: int, quarantined: int) -> dict:
-        limit = self.spec.outputs.max_quarantine_rate
-        rate = quarantined / rows_in if rows_in else 0.0
-        return {
-            "complete": {
-                "passed": rows_in >= self.population,
-                "message": f"the features SQL returned {rows_in} rows for a population of {self.population}"
-                " (entities without a feature row would go unscored)",
-            },
-            "quarantine_rate": {
-                "passed": rate <= limit,
-                "message": f"{quarantined} of {rows_in} rows quarantined ({rate:.2%}; "
-                f"the job allows {limit:.2%})",
-            },
-            "scored_rows": {
-                "passed": scored > 0 or self.population == 0,
-                "message": f"no rows could be scored out of {rows_in}",
-            },
-        }
+    def _output_gate(self, results: list[ChunkResult], histogram: list[int]) -> None:
+        """Great Expectations on the run's summaries before publish; records the outcome either way."""
+        chunks = pd.DataFrame(
+            [
+                {
+                    "rows_in": r.rows_in,
+                    "rows_scored": r.rows_scored,
+                    "rows_quarantined": r.rows_quarantined,
+                    "min_score": r.min_score,
+                    "max_score": r.max_score,
+                    "null_scores": 0,
+                }
+                for r in results
+            ]
+        )
+        previous = self.conn.execute(
+            """select r.score_histogram -> 'counts' from mlpipe.partitions p join mlpipe.runs r using (run_id)
+               where p.job = %s and p.kind = 'published' and p.as_of < %s and r.run_id <> %s
+               order by p.as_of desc limit 1""",
+            [self.spec.name, self.as_of, self.run_id],
+        ).fetchone()
+        psi = validate.population_stability(histogram, previous[0]) if previous and previous[0] else None
+        failures = validate.check_output(
+            chunks,
+            self.population,
+            self.spec.outputs.max_quarantine_rate,
+            psi,
+            self.spec.outputs.max_score_psi,
+        )
+        gates = {"passed": not failures, "failures": [str(f) for f in failures], "score_psi": psi}
+        self.conn.execute("update mlpipe.runs set gates = %s where run_id = %s", [Jsonb(gates), self.run_id])
+        if failures:
+            raise validate.GateFailed(
+                f"the output gate of run {self.run_id} ({self.spec.name} {self.as_of})",
+                failures,
+                self._offending_keys(failures),
+            )
+
+    def _offending_keys(self, failures: list) -> list:
+        columns = {f.column for f in failures}
+        if "rows_quarantined" in columns:
+            return [
+                r[0]
+                for r in self.conn.execute(
+                    "select entity_id from mlpipe.quarantine where run_id = %s order by entity_id limit 5",
+                    [self.run_id],
+                )
+            ]
+        if "rows_in" in columns or "rows_scored" in columns:
+            population = sql.SQL(self.spec.sql("population"))
+            return [
+                r[0]
+                for r in self.conn.execute(
+                    sql.SQL(
+                        "select p.{key} from ({population}) as p where not exists "
+                        "(select from {table} t where t.entity_id = p.{key}) order by 1 limit 5"
+                    ).format(
+                        key=sql.Identifier(self.spec.entity.key),
+                        population=population,
+                        table=sql.Identifier(publish.DATA_SCHEMA, self.table),
+                    ),
+                    {"as_of": self.as_of},
+                )
+            ]
+        return []
 
     def _fail(self, exc: BaseException) -> None:
         if self.conn.closed:

@@ -136,6 +136,11 @@ class Outputs(_Strict):
     threshold: float = Field(default=0.5, ge=0, le=1, description="decision = score >= threshold")
     history_days: int = Field(default=400, ge=1)
     max_quarantine_rate: float = Field(default=0.01, ge=0, le=1)
+    max_score_psi: float = Field(
+        default=0.25,
+        ge=0,
+        description="Largest score distribution shift (PSI) from the previous published day.",
+    )
     shadow: bool = Field(
         default=False, description="The challenger also scores into predictions.<job>_shadow."
     )

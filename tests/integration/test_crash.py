@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from psycopg import sql
 
 from mlpipe.db import connection
 from tests.helpers import days_ago, history_days, population, published, score
@@ -44,30 +45,47 @@ def _wait_for(conn, query: str, params: list, proc: subprocess.Popen, timeout: f
     raise AssertionError("the kill point was never reached")
 
 
-@pytest.mark.parametrize("kill_point", ["after_first_chunk", "before_publish"])
+RUN_STARTED = "select count(*) > 0 from mlpipe.runs where status = 'running' and plan is not null"
+WAITING_ON = "select count(*) > 0 from pg_stat_activity where wait_event_type = 'Lock' and query ilike %s"
+DONE_SOME = (
+    "select count(*) > 0 from mlpipe.run_chunks c join mlpipe.runs r using (run_id) "
+    "where r.status = 'running'"
+)
+DONE_ALL = (
+    "select count(*) > 0 from mlpipe.runs r where r.status = 'running' "
+    "and r.chunks = (select count(*) from mlpipe.run_chunks c where c.run_id = r.run_id)"
+)
+# Each kill point: (table a blocker locks, lock mode, lock only once the run has started,
+# the query that says the run has reached the point, its parameters).
+KILL_POINTS = {
+    # a chunk's COPY of its features waits on demo.events (locked after planning, which reads it too)
+    "during_extract": ("demo.events", "access exclusive", True, WAITING_ON, ["copy (select%"]),
+    # a chunk has copied its rows into the run table; recording the chunk waits
+    "during_write": ("mlpipe.run_chunks", "exclusive", False, WAITING_ON, ["insert into mlpipe.run_chunks%"]),
+    # publish can never complete: some chunks are done, or all of them
+    "after_first_chunk": ("predictions.churn_history", "share", False, DONE_SOME, []),
+    "before_publish": ("predictions.churn_history", "share", False, DONE_ALL, []),
+}
+
+
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_sigkill_mid_run_leaves_predictions_untouched(db_url, conn, prefect_api, kill_point):
     published_day, crashed_day = days_ago(3), days_ago(1)
     first = score("churn", published_day)
     view_before, history_before = published(conn), history_days(conn)
     partitions_before = conn.execute("select * from mlpipe.partitions order by as_of").fetchall()
 
-    # A reader holding a SHARE lock on the history table keeps publish from ever completing, so
-    # the kill lands before publish however fast the chunks run.
+    table, mode, after_start, reached, params = KILL_POINTS[kill_point]
+    lock = sql.SQL("lock table {} in {} mode").format(sql.Identifier(*table.split(".")), sql.SQL(mode))
     with connection(db_url) as blocker:
-        blocker.execute("lock table predictions.churn_history in share mode")
+        if not after_start:
+            blocker.execute(lock)
         proc = _start_cli_score(db_url, prefect_api, crashed_day)
         try:
-            if kill_point == "after_first_chunk":
-                query = (
-                    "select count(*) > 0 from mlpipe.run_chunks c join mlpipe.runs r using (run_id) "
-                    "where r.as_of = %s and r.status = 'running'"
-                )
-            else:  # every chunk written, publish waiting on the lock
-                query = (
-                    "select count(*) > 0 from mlpipe.runs r where r.as_of = %s and r.status = 'running' "
-                    "and r.chunks = (select count(*) from mlpipe.run_chunks c where c.run_id = r.run_id)"
-                )
-            _wait_for(conn, query, [crashed_day], proc)
+            if after_start:
+                _wait_for(conn, RUN_STARTED, [], proc)
+                blocker.execute(lock)
+            _wait_for(conn, reached, params, proc)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
@@ -82,13 +100,63 @@ def test_sigkill_mid_run_leaves_predictions_untouched(db_url, conn, prefect_api,
     crashed = conn.execute(
         "select run_id from mlpipe.runs where as_of = %s and status = 'running'", [crashed_day]
     ).fetchone()[0]
+    done_before = conn.execute(
+        "select chunk_no, finished_at from mlpipe.run_chunks where run_id = %s order by 1", [crashed]
+    ).fetchall()
+    if kill_point in ("after_first_chunk", "before_publish"):
+        assert done_before, "some chunks had finished before the kill"
 
-    rerun = score("churn", crashed_day)
+    resumed = score("churn", crashed_day)
 
-    assert rerun["rows_scored"] == population(conn, crashed_day)
-    assert {r[5] for r in published(conn).values()} == {rerun["run_id"]}
+    # the crashed run is continued: same run, its finished chunks kept, only the missing ones run
+    assert resumed["run_id"] == crashed
+    assert resumed["timings"]["resumed_chunks"] == len(done_before)
+    kept = conn.execute(
+        """select chunk_no, finished_at from mlpipe.run_chunks
+           where run_id = %s and chunk_no = any(%s) order by 1""",
+        [crashed, [c for c, _ in done_before]],
+    ).fetchall()
+    assert kept == done_before
+    assert resumed["rows_scored"] == population(conn, crashed_day)
+    assert {r[5] for r in published(conn).values()} == {crashed}
     assert history_days(conn) == {**history_before, crashed_day: population(conn, crashed_day)}
-    status = conn.execute("select status from mlpipe.runs where run_id = %s", [crashed]).fetchone()[0]
-    assert status == "abandoned"
-    assert conn.execute("select to_regclass(%s)", [f"mlpipe_data.churn_r{crashed}"]).fetchone()[0] is None
+
+    # and what it published is exactly what an uninterrupted run publishes
+    resumed_scores = {k: v[:3] for k, v in published(conn).items()}
+    fresh = score("churn", crashed_day)
+    assert fresh["run_id"] != crashed and "resumed_chunks" not in fresh["timings"]
+    assert {k: v[:3] for k, v in published(conn).items()} == resumed_scores
     assert first["run_id"] in {r[0] for r in conn.execute("select run_id from mlpipe.partitions")}
+
+
+def test_a_crashed_run_with_another_model_is_dropped_not_resumed(db_url, conn, prefect_api):
+    day = days_ago(1)
+    score("churn", days_ago(3))  # the job's tables exist from the first published day on
+    with connection(db_url) as blocker:
+        blocker.execute("lock table predictions.churn_history in share mode")
+        proc = _start_cli_score(db_url, prefect_api, day)
+        try:
+            _wait_for(
+                conn,
+                "select count(*) > 0 from mlpipe.run_chunks c join mlpipe.runs r using (run_id) "
+                "where r.status = 'running'",
+                [],
+                proc,
+            )
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        blocker.rollback()
+    crashed = conn.execute("select run_id from mlpipe.runs where status = 'running'").fetchone()[0]
+    conn.execute("update mlpipe.runs set model_id = null where run_id = %s", [crashed])  # as if another model
+
+    rerun = score("churn", day)
+
+    assert rerun["run_id"] != crashed
+    assert (
+        conn.execute("select status from mlpipe.runs where run_id = %s", [crashed]).fetchone()[0]
+        == "abandoned"
+    )
+    assert conn.execute("select to_regclass(%s)", [f"mlpipe_data.churn_r{crashed}"]).fetchone()[0] is None

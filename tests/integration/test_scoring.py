@@ -11,6 +11,7 @@ from mlpipe.errors import (
     PublishTimeoutError,
     RunFailedError,
     RunLockedError,
+    UsageError,
 )
 from mlpipe.score import ScoringRun
 from mlpipe.settings import Settings
@@ -181,3 +182,29 @@ def test_a_reader_holding_the_view_delays_publish_but_never_sees_a_mix(db_url, c
     assert published(conn) == before
     again = score("churn", day)
     assert {r[5] for r in published(conn).values()} == {again["run_id"]}
+
+
+def test_retention_drops_days_older_than_the_spec_keeps(conn, tmp_path):
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "churn"
+    shutil.copytree(load_job("churn", Settings()).folder, folder)
+    spec = yaml.safe_load((folder / "job.yaml").read_text())
+    spec["outputs"]["history_days"] = 3
+    (folder / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    job = str(folder / "job.yaml")
+
+    for n in (7, 6, 5):
+        score(job, days_ago(n))
+    assert set(history_days(conn)) == {days_ago(7), days_ago(6), days_ago(5)}
+    result = score(job, days_ago(3))
+
+    assert set(history_days(conn)) == {days_ago(5), days_ago(3)}, "days <= newest - 3 are dropped"
+    assert result["timings"]["retention_dropped_days"] == 2
+    tables = conn.execute("select count(*) from pg_tables where schemaname = 'mlpipe_data'").fetchone()[0]
+    assert tables == 2
+    with pytest.raises(UsageError, match="outside the 3-day history"):
+        score(job, days_ago(6))  # it would be dropped as soon as it was published
+    assert set(history_days(conn)) == {days_ago(5), days_ago(3)}

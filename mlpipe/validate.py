@@ -1,0 +1,157 @@
+"""Gates with Great Expectations: a cheap per-chunk feature check and the output gate before publish.
+
+GX validates pandas frames. At 10M rows neither gate reads the whole output: the chunk check runs on a
+seeded sample of each chunk's model inputs, and the output gate on per-chunk summaries (counts, score
+range, nulls) and the score distribution against the previous published run. A failure names the
+expectation and, where rows are to blame, a sample of their keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mlpipe.errors import RunFailedError
+
+log = logging.getLogger(__name__)
+
+CHUNK_SAMPLE_ROWS = 2000
+_lock = threading.Lock()
+_source = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    expectation: str
+    detail: str
+    column: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.expectation}: {self.detail}"
+
+
+class GateFailed(RunFailedError):
+    """A gate found something wrong; the run stops before publish and the previous day stays live."""
+
+    def __init__(self, gate: str, failures: list[Failure], sample_keys: list | None = None) -> None:
+        keys = f"; sample keys {sample_keys}" if sample_keys else ""
+        super().__init__(
+            f"{gate} failed: "
+            + "; ".join(map(str, failures))
+            + keys
+            + ". The run stopped before publishing; "
+            "the previous predictions stay live (see `mlpipe runs` and mlpipe.quarantine)."
+        )
+        self.gate, self.failures, self.sample_keys = gate, failures, sample_keys or []
+
+
+def _data_source():
+    """One ephemeral GX context per process (GX takes seconds to import: only when gates run)."""
+    global _source
+    with _lock:
+        if _source is None:
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            context = gx.get_context(mode="ephemeral")
+            context.variables.progress_bars = ProgressBarsConfig(globally=False)
+            _source = context.data_sources.add_pandas("mlpipe")
+        return _source
+
+
+def _validate(frame: pd.DataFrame, name: str, expectations: list) -> list[Failure]:
+    import great_expectations as gx
+
+    source = _data_source()
+    with _lock:
+        asset = next((a for a in source.assets if a.name == name), None) or source.add_dataframe_asset(name)
+        definition = next((b for b in asset.batch_definitions if b.name == "frame"), None)
+        definition = definition or asset.add_batch_definition_whole_dataframe("frame")
+    suite = gx.ExpectationSuite(name=name, expectations=expectations)
+    result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+    return [
+        Failure(
+            r.expectation_config.type,
+            _describe(r.result, r.expectation_config.kwargs),
+            r.expectation_config.kwargs.get("column"),
+        )
+        for r in result.results
+        if not r.success
+    ]
+
+
+def _describe(result: dict, kwargs: dict) -> str:
+    bounds = {
+        k: v
+        for k, v in kwargs.items()
+        if k in ("column", "min_value", "max_value", "mostly") and v is not None
+    }
+    if result.get("observed_value") is not None:
+        return f"observed {result['observed_value']} with {bounds}"
+    share = result.get("unexpected_percent") or 0.0
+    return f"{result.get('unexpected_count')} unexpected rows ({share:.2f}%) with {bounds}"
+
+
+def check_chunk(matrix: np.ndarray, columns: list[str], reference: dict, seed: int) -> list[Failure]:
+    """Missing values in each model input may not jump far above their share in training (a broken
+    join or a renamed source column shows up here first). Runs on a seeded sample of the chunk."""
+    import great_expectations as gx
+
+    if len(matrix) == 0:
+        return []
+    rows = np.random.default_rng(seed).choice(len(matrix), min(CHUNK_SAMPLE_ROWS, len(matrix)), replace=False)
+    frame = pd.DataFrame(matrix[np.sort(rows)], columns=columns)
+    expectations = []
+    for name, ref in reference.items():
+        if name not in frame.columns:
+            continue
+        allowed = min(1.0, max(2 * ref["missing_share"], ref["missing_share"] + 0.1))
+        if allowed < 1.0:
+            expectations.append(
+                gx.expectations.ExpectColumnValuesToNotBeNull(column=name, mostly=1 - allowed)
+            )
+    return _validate(frame, "chunk_features", expectations) if expectations else []
+
+
+def population_stability(current: list[int], previous: list[int]) -> float:
+    """PSI between two score histograms over the same bins (0: same shape; > 0.25: a large shift)."""
+    p = (np.asarray(current, dtype=float) + 0.5) / (np.sum(current) + 0.5 * len(current))
+    q = (np.asarray(previous, dtype=float) + 0.5) / (np.sum(previous) + 0.5 * len(previous))
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def check_output(
+    chunks: pd.DataFrame, population: int, max_quarantine_rate: float, psi: float | None, max_psi: float
+) -> list[Failure]:
+    """The output gate on per-chunk summaries: complete, quarantine within bounds, scores in [0, 1]
+    with no nulls, and the distribution close enough to the previous published run."""
+    import great_expectations as gx
+
+    rows_in = int(chunks["rows_in"].sum())
+    quarantined = int(chunks["rows_quarantined"].sum())
+    expectations = [
+        gx.expectations.ExpectColumnSumToBeBetween(column="rows_in", min_value=population),
+        gx.expectations.ExpectColumnSumToBeBetween(column="rows_scored", min_value=population - quarantined),
+        gx.expectations.ExpectColumnSumToBeBetween(
+            column="rows_quarantined", max_value=max_quarantine_rate * rows_in
+        ),
+        gx.expectations.ExpectColumnSumToBeBetween(column="null_scores", max_value=0),
+    ]
+    scored = chunks[chunks["rows_scored"] > 0]
+    if len(scored):
+        expectations += [
+            gx.expectations.ExpectColumnMinToBeBetween(column="min_score", min_value=0.0),
+            gx.expectations.ExpectColumnMaxToBeBetween(column="max_score", max_value=1.0),
+        ]
+    failures = _validate(chunks, "output_chunks", expectations)
+    if psi is not None:
+        failures += _validate(
+            pd.DataFrame({"score_psi": [psi]}),
+            "output_distribution",
+            [gx.expectations.ExpectColumnValuesToBeBetween(column="score_psi", max_value=max_psi)],
+        )
+    return failures

@@ -1,0 +1,55 @@
+"""Great Expectations gates: a failed gate stops the run before publish, names the expectation and
+shows offending keys; the previous predictions stay live."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlpipe.validate import GateFailed, population_stability
+from tests.helpers import days_ago, history_days, published, score
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+
+def test_a_large_score_shift_from_the_previous_day_is_stopped(conn):
+    before = score("churn", days_ago(3))
+    snapshot = published(conn)
+    # Everyone suddenly fails payments and files tickets: the score distribution jumps.
+    conn.execute(
+        """insert into demo.payments (customer_id, charged_at, amount_cents, status)
+           select customer_id, now() - interval '5 days', 999, 'failed' from demo.customers
+           cross join generate_series(1, 3)"""
+    )
+    conn.execute(
+        """insert into demo.events (customer_id, event_at, kind)
+           select customer_id, now() - interval '6 days', 'support' from demo.customers
+           cross join generate_series(1, 4)"""
+    )
+    with pytest.raises(GateFailed, match="score_psi") as failure:
+        score("churn", days_ago(1))
+
+    assert "previous predictions stay live" in str(failure.value)
+    assert published(conn) == snapshot
+    assert set(history_days(conn)) == {days_ago(3)}
+    gates = conn.execute(
+        "select gates from mlpipe.runs where kind = 'score' and run_id > %s", [before["run_id"]]
+    ).fetchone()[0]
+    assert gates["passed"] is False and gates["score_psi"] > 0.25
+
+
+def test_a_feature_that_goes_missing_fails_the_chunk_check_with_sample_keys(conn):
+    score("churn", days_ago(3))
+    snapshot = published(conn)
+    conn.execute("delete from demo.events where kind = 'session'")  # days_since_last_session: all null
+
+    with pytest.raises(GateFailed, match="days_since_last_session") as failure:
+        score("churn", days_ago(1))
+
+    assert "expect_column_values_to_not_be_null" in str(failure.value)
+    assert "sample keys [" in str(failure.value)
+    assert published(conn) == snapshot
+
+
+def test_the_same_distribution_has_no_shift():
+    assert population_stability([10, 20, 30], [10, 20, 30]) == pytest.approx(0.0)
+    assert population_stability([30, 20, 10], [10, 20, 30]) > 0.25
