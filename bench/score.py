@@ -1,15 +1,18 @@
 """End-to-end scoring benchmark: mlpipe against the naive path, same data, same model, one run.
 
-    python bench/score.py --entities 1000000          # default
+    python bench/score.py --entities 1000000                       # the demo churn job (default)
+    python bench/score.py --shape wide --entities 1000000 10000000  # 30 numeric features, XGBoost 300x6
     python bench/score.py --entities 100000 --skip-naive
 
-Generates the demo world (N customers), trains the churn job, then scores today's population
-in a fresh process per path so each peak RSS is that path's own:
-  mlpipe: the Prefect scoring flow (chunked COPY out, vectorized predict, binary COPY in, publish);
-  naive:  pandas.read_sql -> predict -> DataFrame.to_sql.
+demo: generates the demo world (N customers), trains the churn job, scores today's population.
+wide: trains the `wide` job (XGBoost, 300 trees of depth 6) on 200k rows, then for each N fills
+      demo.wide with N rows of 30 numeric features and scores them.
+Each path runs in a fresh process so each peak RSS is that path's own:
+  mlpipe: the Prefect scoring flow (chunked COPY out, checks, vectorized predict, binary COPY in, publish);
+  naive:  pandas.read_sql -> predict -> DataFrame.to_sql (only at sizes up to --naive-max).
 Throughput counts scored rows over the scoring time (mlpipe: lock to publish, from mlpipe.runs).
-The last line is one JSON object. Uses MLPIPE_DATABASE_URL if set (its demo schema is replaced),
-else a temporary embedded PostgreSQL.
+The last line is one JSON object (top-level keys for the first size; "runs" for every size). Uses
+MLPIPE_DATABASE_URL if set (its demo schema is replaced), else a temporary embedded PostgreSQL.
 """
 
 from __future__ import annotations
@@ -34,18 +37,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_mlpipe(day: date) -> dict:
+def worker_mlpipe(day: date, job: str) -> dict:
     from flows.score import with_workers
     from mlpipe.settings import Settings
 
     started = time.perf_counter()
-    result = with_workers(Settings())(job="churn", as_of=day)
+    result = with_workers(Settings())(job=job, as_of=day)
     wall = time.perf_counter() - started
     seconds = result["timings"]["total_s"]
     return {"rows": result["rows_scored"], "seconds": seconds, "wall_s": wall, "peak_rss_mb": _peak_rss_mb()}
 
 
-def worker_naive(day: date) -> dict:
+def worker_naive(day: date, job: str) -> dict:
     import numpy as np
     import pandas as pd
     import sqlalchemy
@@ -58,10 +61,10 @@ def worker_naive(day: date) -> dict:
     from mlpipe.spec import load_job
 
     settings = Settings()
-    spec = load_job("churn", settings)
+    spec = load_job(job, settings)
     url = database_url(settings)
     with connection(url) as conn:
-        model = registry.champion(conn, "churn")
+        model = registry.champion(conn, job)
         query = features_query(spec).as_string(conn)
     engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     started = time.perf_counter()
@@ -82,9 +85,9 @@ def worker_naive(day: date) -> dict:
     return {"rows": len(out), "seconds": seconds, "wall_s": seconds, "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_worker(path: str, day: date, env: dict) -> dict:
+def run_worker(path: str, day: date, job: str, env: dict) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", path, "--as-of", day.isoformat()],
+        [sys.executable, __file__, "--worker", path, "--as-of", day.isoformat(), "--job", job],
         env=env,
         capture_output=True,
         text=True,
@@ -95,29 +98,72 @@ def run_worker(path: str, day: date, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def prepare(shape: str, url: str, settings, seed: int) -> tuple[str, float, float]:
+    """Data and a trained model for the shape; returns (job, generate seconds, train seconds)."""
+    from mlpipe import train
+    from mlpipe.db import connection
+    from mlpipe.demo import wide
+    from mlpipe.spec import load_job
+
+    job = "churn" if shape == "demo" else "wide"
+    if shape == "wide":
+        started = time.perf_counter()
+        with connection(url) as conn:
+            wide.generate(conn, 200_000, seed=seed)
+        generated = time.perf_counter() - started
+    else:
+        generated = 0.0
+    started = time.perf_counter()
+    with connection(url) as conn:
+        trained = train.train(conn, settings, load_job(job, settings), date.today())
+    print(
+        f"trained {trained.model.model_version} ({trained.model.algorithm}) in "
+        f"{time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
+    return job, generated, time.perf_counter() - started
+
+
+def fill(shape: str, url: str, entities: int, seed: int) -> float:
+    """The data to score: N demo customers, or N wide rows. Returns seconds."""
+    from mlpipe.db import connection
+    from mlpipe.demo import wide, world
+
+    started = time.perf_counter()
+    with connection(url) as conn:
+        if shape == "demo":
+            summary = world.generate(conn, entities, seed=seed)
+            print(f"  {summary.events:,} events, {summary.payments:,} payments", flush=True)
+        else:
+            wide.generate(conn, entities, seed=seed + 1)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--entities", type=int, default=1_000_000)
+    parser.add_argument("--shape", choices=["demo", "wide"], default="demo")
+    parser.add_argument("--entities", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-naive", action="store_true", help="leave the naive path out")
+    parser.add_argument(
+        "--naive-max", type=int, default=1_000_000, help="largest size the naive path runs at"
+    )
     parser.add_argument("--chunk-rows", type=int, default=None, help="MLPIPE_CHUNK_ROWS for the mlpipe path")
     parser.add_argument("--worker", choices=["mlpipe", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--job", default="churn", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", type=date.fromisoformat, default=date.today(), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        result = worker_mlpipe(args.as_of) if args.worker == "mlpipe" else worker_naive(args.as_of)
-        print(json.dumps(result))
+        worker = worker_mlpipe if args.worker == "mlpipe" else worker_naive
+        print(json.dumps(worker(args.as_of, args.job)))
         return
 
     from bench.common import scratch
-    from mlpipe import train
-    from mlpipe.db import connection, migrate
-    from mlpipe.demo import world
+    from mlpipe.db import migrate
     from mlpipe.settings import Settings
-    from mlpipe.spec import load_job
 
     home, url = scratch()
     env = {
@@ -132,46 +178,51 @@ def main() -> None:
         env["MLPIPE_CHUNK_ROWS"] = str(args.chunk_rows)
     settings = Settings(database_url=url, home=home)
     migrate(url)
-    print(f"generating {args.entities:,} customers ...", flush=True)
-    started = time.perf_counter()
-    with connection(url) as conn:
-        summary = world.generate(conn, args.entities, seed=args.seed)
-    generate_s = time.perf_counter() - started
-    print(f"  {generate_s:.1f}s: {summary.events:,} events, {summary.payments:,} payments", flush=True)
-    started = time.perf_counter()
-    with connection(url) as conn:
-        trained = train.train(conn, settings, load_job("churn", settings), date.today())
-    train_s = time.perf_counter() - started
-    print(f"trained {trained.model.model_version} ({trained.model.algorithm}) in {train_s:.1f}s", flush=True)
+    if args.shape == "demo":  # the demo model trains on the world it scores
+        print(f"generating {args.entities[0]:,} customers ...", flush=True)
+        generate_s = fill("demo", url, args.entities[0], args.seed)
+    job, _, train_s = prepare(args.shape, url, settings, args.seed)
 
-    results = {"mlpipe": run_worker("mlpipe", date.today(), env)}
-    if not args.skip_naive:
-        results["naive"] = run_worker("naive", date.today(), env)
+    runs = []
+    for size in args.entities:
+        if args.shape == "wide" or size != args.entities[0]:
+            print(f"filling {size:,} entities ...", flush=True)
+            generate_s = fill(args.shape, url, size, args.seed)
+        results = {"mlpipe": run_worker("mlpipe", date.today(), job, env)}
+        if not args.skip_naive and size <= args.naive_max:
+            results["naive"] = run_worker("naive", date.today(), job, env)
+        runs.append(summarize(size, results, generate_s, train_s))
+        print(f"\n{'path':<8}{'entities':>12}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}")
+        for name, r in results.items():
+            rate = r["rows"] / r["seconds"]
+            print(
+                f"{name:<8}{size:>12,}{r['rows']:>12,}{r['seconds']:>10.2f}{rate:>12,.0f}"
+                f"{r['peak_rss_mb']:>14,.0f}",
+                flush=True,
+            )
+    print(json.dumps({**runs[0], "shape": args.shape, "runs": runs}))
 
-    print(f"\n{'path':<8}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}")
-    for name, r in results.items():
-        rate = r["rows"] / r["seconds"]
-        print(f"{name:<8}{r['rows']:>12,}{r['seconds']:>10.2f}{rate:>12,.0f}{r['peak_rss_mb']:>14,.0f}")
-    summary_json = {
-        "entities": args.entities,
-        "rows_scored": results["mlpipe"]["rows"],
+
+def summarize(size: int, results: dict, generate_s: float, train_s: float) -> dict:
+    mlpipe = results["mlpipe"]
+    out = {
+        "entities": size,
+        "rows_scored": mlpipe["rows"],
         "generate_s": round(generate_s, 2),
         "train_s": round(train_s, 2),
-        "mlpipe_seconds": round(results["mlpipe"]["seconds"], 3),
-        "mlpipe_rows_per_s": round(results["mlpipe"]["rows"] / results["mlpipe"]["seconds"]),
-        "mlpipe_peak_rss_mb": round(results["mlpipe"]["peak_rss_mb"]),
+        "mlpipe_seconds": round(mlpipe["seconds"], 3),
+        "mlpipe_rows_per_s": round(mlpipe["rows"] / mlpipe["seconds"]),
+        "mlpipe_peak_rss_mb": round(mlpipe["peak_rss_mb"]),
     }
     if "naive" in results:
         naive = results["naive"]
-        summary_json.update(
+        out.update(
             naive_seconds=round(naive["seconds"], 3),
             naive_rows_per_s=round(naive["rows"] / naive["seconds"]),
             naive_peak_rss_mb=round(naive["peak_rss_mb"]),
-            speedup=round(
-                naive["seconds"] / results["mlpipe"]["seconds"] * results["mlpipe"]["rows"] / naive["rows"], 2
-            ),
+            speedup=round((mlpipe["rows"] / mlpipe["seconds"]) / (naive["rows"] / naive["seconds"]), 2),
         )
-    print(json.dumps(summary_json))
+    return out
 
 
 if __name__ == "__main__":

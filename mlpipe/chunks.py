@@ -47,6 +47,7 @@ class RunContext:
     challenger: ModelVersion | None = None
     shadow_table: str | None = None
     challenger_share: float = 0.0
+    fixed_layout: list[tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ChunkResult:
     histogram: list[int]
     min_score: float | None = None
     max_score: float | None = None
+    missing: dict | None = None
 
 
 def _spec(path: str) -> JobSpec:
@@ -80,21 +82,15 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         done = _finished(conn, ctx.run_id, chunk)
         if done is not None:  # written by an attempt that crashed later, or by a resumed run
             return done
-        frame = read_features(conn, spec, ctx.as_of, chunk)
+        frame = read_features(conn, spec, ctx.as_of, chunk, ctx.fixed_layout)
         reasons = find_bad_rows(frame, spec)
         bad = reasons.notna().to_numpy()
         good = frame[~bad]
         matrix = to_matrix(good, spec)
         keys = good[spec.entity.key].to_numpy()
-        failures = validate.check_chunk(
-            matrix, ctx.model.feature_schema["columns"], ctx.model.reference["features"], seed=chunk.chunk_no
+        missing = validate.missing_report(
+            matrix, keys, ctx.model.feature_schema["columns"], ctx.model.reference["features"]
         )
-        if failures:
-            raise validate.GateFailed(
-                f"the feature check of chunk {chunk.chunk_no}",
-                failures,
-                _keys_with_missing(keys, matrix, ctx.model.feature_schema["columns"], failures),
-            )
         scores = _predict(model, matrix, ctx.model, chunk)
         with conn.transaction():
             if ctx.challenger is None:
@@ -107,6 +103,7 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
             summary = {
                 "histogram": np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0].tolist(),
                 "min_score": float(scores.min()) if len(scores) else None,
+                "missing": missing,
                 "max_score": float(scores.max()) if len(scores) else None,
             }
             conn.execute(
@@ -130,18 +127,8 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
 
 
 def _renamed(summary: dict) -> dict:
-    return {
-        "histogram": summary["histogram"],
-        "min_score": summary["min_score"],
-        "max_score": summary["max_score"],
-    }
-
-
-def _keys_with_missing(keys: np.ndarray, matrix: np.ndarray, columns: list[str], failures) -> list:
-    column = next((f.column for f in failures if f.column in columns), None)
-    if column is None:
-        return []
-    return keys[np.isnan(matrix[:, columns.index(column)])][:5].tolist()
+    fields = ("histogram", "min_score", "max_score", "missing")
+    return {name: summary.get(name) for name in fields}
 
 
 def _finished(conn, run_id: int, chunk: Chunk) -> ChunkResult | None:

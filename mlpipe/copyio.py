@@ -120,3 +120,37 @@ def _write_blocks(conn: psycopg.Connection, statement: sql.Composable, view: mem
     with conn.cursor().copy(statement) as copy:
         for offset in range(0, len(view), _WRITE_BLOCK):
             copy.write(view[offset : offset + _WRITE_BLOCK])
+
+
+# Fixed-width PostgreSQL types the binary fast path reads, by type OID: bigint and double precision.
+FIXED_WIDTH_TYPES = {20: ">i8", 701: ">f8"}
+
+
+def copy_out_fixed(
+    conn: psycopg.Connection, query: sql.Composable, params: dict, layout: list[tuple[str, str]]
+) -> dict[str, np.ndarray] | None:
+    """Run `query` through binary COPY and read it as one numpy record array, when every column is
+    fixed-width and no value is NULL (then each row has the same length). Returns None otherwise,
+    and the caller reads the chunk the general way."""
+    statement = sql.SQL("copy ({}) to stdout (format binary)").format(query)
+    buffer = bytearray()
+    with conn.cursor().copy(statement, params) as copy:
+        for block in copy:
+            buffer += block
+    header, trailer = len(_BINARY_HEADER), 2
+    if bytes(buffer[:header]) != _BINARY_HEADER:
+        return None
+    fields = [("fields", ">i2")]
+    for i, (name, dtype) in enumerate(layout):
+        fields += [(f"_len{i}", ">i4"), (name, dtype)]
+    record = np.dtype(fields)
+    body = memoryview(buffer)[header : len(buffer) - trailer]
+    if len(body) % record.itemsize:
+        return None
+    rows = np.frombuffer(body, dtype=record)
+    if len(rows) and (rows["fields"] != len(layout)).any():
+        return None
+    for i, (_, dtype) in enumerate(layout):
+        if len(rows) and (rows[f"_len{i}"] != np.dtype(dtype).itemsize).any():
+            return None  # a NULL (length -1) somewhere
+    return {name: rows[name].astype(np.dtype(dtype).newbyteorder("=")) for name, dtype in layout}

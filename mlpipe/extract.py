@@ -10,7 +10,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from mlpipe.copyio import copy_out
+from mlpipe.copyio import FIXED_WIDTH_TYPES, copy_out, copy_out_fixed
 from mlpipe.errors import SourceError
 from mlpipe.features import check_source_columns, source_types
 from mlpipe.spec import JobSpec
@@ -51,15 +51,35 @@ def _params(as_of: date, chunk: Chunk | None = None) -> dict:
     return params
 
 
-def check_features_source(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> None:
-    """Fail before any work when the features SQL does not return what the spec describes."""
-    check_source_columns(conn, spec, features_query(spec), _params(as_of))
+def check_features_source(
+    conn: psycopg.Connection, spec: JobSpec, as_of: date
+) -> list[tuple[str, str]] | None:
+    """Fail before any work when the features SQL does not return what the spec describes. Returns
+    the binary layout of its columns when they are all fixed-width numbers (the fast path), else None."""
+    types = check_source_columns(conn, spec, features_query(spec), _params(as_of))
+    if all(oid in FIXED_WIDTH_TYPES for oid in types.values()):
+        return [(name, FIXED_WIDTH_TYPES[oid]) for name, oid in types.items()]
+    return None
 
 
 def read_features(
-    conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk: Chunk | None = None
+    conn: psycopg.Connection,
+    spec: JobSpec,
+    as_of: date,
+    chunk: Chunk | None = None,
+    fixed_layout: list[tuple[str, str]] | None = None,
 ) -> pd.DataFrame:
-    """Raw feature rows as of `as_of` for one chunk (or everything), streamed out with COPY."""
+    """Raw feature rows as of `as_of` for one chunk (or everything), streamed out with COPY: binary
+    into numpy when the columns are fixed-width and free of NULLs, else CSV parsed by Arrow."""
+    if fixed_layout:
+        try:
+            columns = copy_out_fixed(conn, features_query(spec, chunk), _params(as_of, chunk), fixed_layout)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            raise SourceError(f"job {spec.name}: reading features as of {as_of} failed: {exc}") from exc
+        if columns is not None:
+            return pd.DataFrame(columns, copy=False)
     try:
         table = copy_out(conn, features_query(spec, chunk), _params(as_of, chunk), source_types(spec))
     except psycopg.OperationalError:

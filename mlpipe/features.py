@@ -33,8 +33,9 @@ def source_types(spec: JobSpec) -> dict[str, pa.DataType]:
 
 def check_source_columns(
     conn: psycopg.Connection, spec: JobSpec, query: sql.Composable, params: dict
-) -> None:
-    """Compare the columns a query returns (without running it) with the spec; say what differs."""
+) -> dict:
+    """Compare the columns a query returns (without running it) with the spec; say what differs.
+    Returns each column's PostgreSQL type OID, in the query's order."""
     probe = sql.SQL("select * from ({}) as source limit 0").format(query)
     try:
         with conn.cursor() as cur:
@@ -61,6 +62,7 @@ def check_source_columns(
         raise SourceError(
             f"job {spec.name}: columns of the wrong SQL type for their kind: {', '.join(wrong)}"
         )
+    return returned
 
 
 def find_bad_rows(frame: pd.DataFrame, spec: JobSpec) -> pd.Series:

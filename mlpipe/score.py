@@ -88,7 +88,7 @@ class ScoringRun:
         self.model = registry.resolve(conn, spec.name, model_version)
         self._check_model(self.model)
         self.challenger = self._challenger()
-        check_features_source(conn, spec, as_of)
+        self.fixed_layout = check_features_source(conn, spec, as_of)
         self.timings = {}
         if not self._resume_crashed_run():
             self._new_run()
@@ -279,6 +279,7 @@ class ScoringRun:
             challenger=self.challenger,
             shadow_table=self.shadow_table,
             challenger_share=self.spec.outputs.challenger_share if self.challenger else 0.0,
+            fixed_layout=self.fixed_layout,
         )
 
     def __enter__(self) -> ScoringRun:
@@ -368,8 +369,23 @@ class ScoringRun:
             [self.spec.name, self.as_of, self.run_id],
         ).fetchone()
         psi = validate.population_stability(histogram, previous[0]) if previous and previous[0] else None
+        missing = pd.DataFrame(
+            [
+                {
+                    "chunk_no": r.chunk_no,
+                    "column": name,
+                    "missing_over_allowance": m["share"] - m["allowed"],
+                    "sample_keys": m.get("sample_keys", []),
+                }
+                for r in results
+                for name, m in (r.missing or {}).items()
+            ],
+            columns=["chunk_no", "column", "missing_over_allowance", "sample_keys"],
+        )
+        self.missing_over = missing[missing["missing_over_allowance"] > 0]
         failures = validate.check_output(
             chunks,
+            missing,
             self.population,
             self.spec.outputs.max_quarantine_rate,
             psi,
@@ -386,6 +402,9 @@ class ScoringRun:
 
     def _offending_keys(self, failures: list) -> list:
         columns = {f.column for f in failures}
+        if "missing_over_allowance" in columns:
+            worst = self.missing_over.sort_values("missing_over_allowance", ascending=False).iloc[0]
+            return [f"{worst['column']} missing in chunk {worst['chunk_no']}", *worst["sample_keys"]]
         if "rows_quarantined" in columns:
             return [
                 r[0]

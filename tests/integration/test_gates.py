@@ -37,15 +37,15 @@ def test_a_large_score_shift_from_the_previous_day_is_stopped(conn):
     assert gates["passed"] is False and gates["score_psi"] > 0.25
 
 
-def test_a_feature_that_goes_missing_fails_the_chunk_check_with_sample_keys(conn):
+def test_a_feature_that_goes_missing_fails_the_chunk_feature_check_with_sample_keys(conn):
     score("churn", days_ago(3))
     snapshot = published(conn)
     conn.execute("delete from demo.events where kind = 'session'")  # days_since_last_session: all null
 
-    with pytest.raises(GateFailed, match="days_since_last_session") as failure:
+    with pytest.raises(GateFailed, match="missing_over_allowance") as failure:
         score("churn", days_ago(1))
 
-    assert "expect_column_values_to_not_be_null" in str(failure.value)
+    assert "days_since_last_session missing in chunk" in str(failure.value)
     assert "sample keys [" in str(failure.value)
     assert published(conn) == snapshot
 

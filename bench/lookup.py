@@ -1,0 +1,180 @@
+"""Read-path benchmark: lookups by key through predictions.<job> and a plain table, and the longest
+reader stall while a day is published, with and without a long-running reader transaction.
+
+    python bench/lookup.py --entities 1000000
+
+Publishes N prediction rows through mlpipe's own publish path (run table, binary COPY, index, one
+swap transaction), then measures single-key lookups with a prepared statement on one connection.
+The last line is one JSON object. Uses MLPIPE_DATABASE_URL if set, else a temporary embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from psycopg import sql
+
+
+def publish_day(conn, spec, day: date, keys: np.ndarray, settings) -> int:
+    """Score-shaped rows for every key, published as `day` through mlpipe.publish."""
+    from mlpipe import publish
+    from mlpipe.copyio import copy_predictions
+
+    run_id = conn.execute(
+        """insert into mlpipe.runs (job, kind, as_of, status)
+           values (%s, 'score', %s, 'running') returning run_id""",
+        [spec.name, day],
+    ).fetchone()[0]
+    table = publish.create_run_table(conn, spec, run_id, day, "bench-v1")
+    scores = np.random.default_rng(run_id).random(len(keys))
+    copy_predictions(
+        conn, publish.DATA_SCHEMA, table, keys, scores, scores >= 0.5, (scores * 100).astype(np.float32)
+    )
+    publish.index_run_table(conn, table)
+    publish.publish(
+        conn,
+        spec,
+        day,
+        run_id,
+        table,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        attempts=settings.publish_retries,
+    )
+    return run_id
+
+
+def latencies(conn, query: str, keys: np.ndarray, count: int) -> np.ndarray:
+    picks = np.random.default_rng(1).choice(keys, count)
+    out = np.empty(count)
+    with conn.cursor() as cur:
+        for i, key in enumerate(picks.tolist()):
+            started = time.perf_counter_ns()
+            cur.execute(query, [key], prepare=True)
+            cur.fetchone()
+            out[i] = (time.perf_counter_ns() - started) / 1e6
+    return out
+
+
+class Reader(threading.Thread):
+    """Looks keys up through the view without pause; keeps the slowest lookup."""
+
+    def __init__(self, url: str, keys: np.ndarray) -> None:
+        super().__init__(daemon=True)
+        from mlpipe.db import connect
+
+        self.conn = connect(url, autocommit=True)
+        self.keys, self.stop, self.slowest = keys, threading.Event(), 0.0
+
+    def run(self) -> None:
+        rng = np.random.default_rng(2)
+        with self.conn.cursor() as cur:
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                cur.execute(
+                    "select score from predictions.churn where entity_id = %s",
+                    [int(rng.choice(self.keys))],
+                    prepare=True,
+                )
+                cur.fetchone()
+                self.slowest = max(self.slowest, (time.perf_counter() - started) * 1000)
+
+
+def stall_during_publish(url, conn, spec, keys, settings, *, long_reader_s: float = 0.0) -> float:
+    """The slowest view lookup while the day is published again (optionally while another session
+    holds a transaction open on the view for long_reader_s seconds)."""
+    from mlpipe.db import connect
+
+    reader = Reader(url, keys)
+    reader.start()
+    time.sleep(0.5)
+    holder = None
+    if long_reader_s:
+        holder = connect(url)
+        holder.execute("select count(*) from predictions.churn where entity_id < 100")
+
+        def release():
+            time.sleep(long_reader_s)
+            holder.commit()
+
+        threading.Thread(target=release, daemon=True).start()
+    reader.slowest = 0.0
+    publish_day(conn, spec, date.today(), keys, settings)
+    time.sleep(0.2)
+    reader.stop.set()
+    reader.join()
+    if holder is not None:
+        holder.close()
+    return reader.slowest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entities", type=int, default=1_000_000)
+    parser.add_argument("--lookups", type=int, default=20_000)
+    parser.add_argument("--long-reader-s", type=float, default=3.0)
+    args = parser.parse_args()
+
+    from bench.common import scratch
+    from mlpipe.db import connect, migrate
+    from mlpipe.publish import ensure_job_tables
+    from mlpipe.settings import Settings
+    from mlpipe.spec import load_job
+
+    home, url = scratch()
+    settings = Settings(database_url=url, home=home)
+    spec = load_job("churn", settings)
+    migrate(url)
+    conn = connect(url, autocommit=True)
+    ensure_job_tables(conn, spec)
+    keys = np.arange(1, args.entities + 1, dtype=np.int64)
+    started = time.perf_counter()
+    run_id = publish_day(conn, spec, date.today(), keys, settings)
+    print(f"published {args.entities:,} rows in {time.perf_counter() - started:.1f}s", flush=True)
+    conn.execute(
+        sql.SQL("create table mlpipe_data.bench_plain as select * from {}").format(
+            sql.Identifier("mlpipe_data", f"churn_r{run_id}")
+        )
+    )
+    conn.execute("alter table mlpipe_data.bench_plain add primary key (entity_id)")
+    conn.execute("analyze mlpipe_data.bench_plain")
+
+    view = latencies(conn, "select * from predictions.churn where entity_id = %s", keys, args.lookups)
+    table = latencies(conn, "select * from mlpipe_data.bench_plain where entity_id = %s", keys, args.lookups)
+    stall = stall_during_publish(url, conn, spec, keys, settings)
+    stall_long = stall_during_publish(url, conn, spec, keys, settings, long_reader_s=args.long_reader_s)
+
+    print(f"\n{'path':<22}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, values in (("predictions.churn", view), ("plain table", table)):
+        print(f"{name:<22}{np.percentile(values, 50):>10.3f}{np.percentile(values, 99):>10.3f}")
+    print(
+        f"longest reader stall during publish: {stall:.1f} ms; with a {args.long_reader_s:g}s reader "
+        f"transaction open: {stall_long:.1f} ms (lock_timeout {settings.lock_timeout_ms} ms)"
+    )
+    print(
+        json.dumps(
+            {
+                "entities": args.entities,
+                "view_p50_ms": round(float(np.percentile(view, 50)), 4),
+                "view_p99_ms": round(float(np.percentile(view, 99)), 4),
+                "table_p50_ms": round(float(np.percentile(table, 50)), 4),
+                "table_p99_ms": round(float(np.percentile(table, 99)), 4),
+                "publish_max_stall_ms": round(stall, 2),
+                "publish_max_stall_long_reader_ms": round(stall_long, 2),
+                "long_reader_s": args.long_reader_s,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

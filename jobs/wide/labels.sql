@@ -1,0 +1,4 @@
+select
+    wide.entity_id,
+    wide.label
+from demo.wide as wide

@@ -1,0 +1,2 @@
+select wide.entity_id
+from demo.wide as wide

@@ -1,0 +1,55 @@
+"""A wide numeric table for throughput benchmarks: 30 float features and a label, loaded by binary COPY."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+FEATURES = [f"f{i:02d}" for i in range(1, 31)]
+BLOCK = 500_000
+
+
+def generate(conn: psycopg.Connection, rows: int, *, seed: int = 7) -> None:
+    """Replace demo.wide with `rows` entities; the label depends on a few features, non-linearly."""
+    columns = ", ".join(f"{name} double precision not null" for name in FEATURES)
+    with conn.transaction():
+        conn.execute("create schema if not exists demo")
+        conn.execute("drop table if exists demo.wide")
+        conn.execute(
+            sql.SQL("create table demo.wide (entity_id bigint not null, {}, label integer not null)").format(
+                sql.SQL(columns)  # built from the fixed names above, no input
+            )
+        )
+        rng = np.random.default_rng(seed)
+        layout = np.dtype(
+            [("fields", ">i2"), ("key_len", ">i4"), ("key", ">i8")]
+            + [item for name in FEATURES for item in ((f"{name}_len", ">i4"), (name, ">f8"))]
+            + [("label_len", ">i4"), ("label", ">i4")]
+        )
+        with conn.cursor().copy("copy demo.wide from stdin (format binary)") as copy:
+            copy.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
+            for first in range(0, rows, BLOCK):
+                n = min(BLOCK, rows - first)
+                values = rng.normal(size=(n, len(FEATURES)))
+                logit = (
+                    1.2 * values[:, 0]
+                    - 0.8 * values[:, 1]
+                    + 0.6 * values[:, 2] * values[:, 3]
+                    + np.sin(values[:, 4])
+                )
+                block = np.empty(n, dtype=layout)
+                block["fields"] = len(FEATURES) + 2
+                block["key_len"], block["key"] = 8, np.arange(first + 1, first + n + 1)
+                for i, name in enumerate(FEATURES):
+                    block[f"{name}_len"], block[name] = 8, values[:, i]
+                block["label_len"], block["label"] = (
+                    4,
+                    (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int32),
+                )
+                copy.write(block.tobytes())
+            copy.write(struct.pack(">h", -1))
+        conn.execute("alter table demo.wide add primary key (entity_id)")
+        conn.execute("analyze demo.wide")
