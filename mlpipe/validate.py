@@ -56,6 +56,8 @@ def _data_source():
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
+            # GX announces its temporary docs folder at INFO on every start: not news for operators.
+            logging.getLogger("great_expectations").setLevel(logging.WARNING)
             context = gx.get_context(mode="ephemeral")
             context.variables.progress_bars = ProgressBarsConfig(globally=False)
             _source = context.data_sources.add_pandas("mlpipe")
