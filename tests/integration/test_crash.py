@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from psycopg import sql
@@ -32,6 +33,17 @@ def _start_cli_score(db_url: str, api_url: str, day) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+@contextmanager
+def _killed_at_the_end(proc: subprocess.Popen):
+    """SIGKILL the run's process group when the block ends (the kill point), however it ends."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def _wait_for(conn, query: str, params: list, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -81,16 +93,11 @@ def test_sigkill_mid_run_leaves_predictions_untouched(db_url, conn, prefect_api,
         if not after_start:
             blocker.execute(lock)
         proc = _start_cli_score(db_url, prefect_api, crashed_day)
-        try:
+        with _killed_at_the_end(proc):
             if after_start:
                 _wait_for(conn, RUN_STARTED, [], proc)
                 blocker.execute(lock)
             _wait_for(conn, reached, params, proc)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
         blocker.rollback()
 
     assert proc.returncode == -signal.SIGKILL
@@ -135,19 +142,8 @@ def test_a_crashed_run_with_another_model_is_dropped_not_resumed(db_url, conn, p
     with connection(db_url) as blocker:
         blocker.execute("lock table predictions.churn_history in share mode")
         proc = _start_cli_score(db_url, prefect_api, day)
-        try:
-            _wait_for(
-                conn,
-                "select count(*) > 0 from mlpipe.run_chunks c join mlpipe.runs r using (run_id) "
-                "where r.status = 'running'",
-                [],
-                proc,
-            )
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        with _killed_at_the_end(proc):
+            _wait_for(conn, DONE_SOME, [], proc)
         blocker.rollback()
     crashed = conn.execute("select run_id from mlpipe.runs where status = 'running'").fetchone()[0]
     conn.execute("update mlpipe.runs set model_id = null where run_id = %s", [crashed])  # as if another model
