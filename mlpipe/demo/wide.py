@@ -14,13 +14,15 @@ BLOCK = 500_000
 
 def generate(conn: psycopg.Connection, rows: int, *, seed: int = 7) -> None:
     """Replace demo.wide with `rows` entities; the label depends on a few features, non-linearly."""
-    columns = ", ".join(f"{name} double precision not null" for name in FEATURES)
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} double precision not null").format(sql.Identifier(name)) for name in FEATURES
+    )
     with conn.transaction():
         conn.execute("create schema if not exists demo")
         conn.execute("drop table if exists demo.wide")
         conn.execute(
             sql.SQL("create table demo.wide (entity_id bigint not null, {}, label integer not null)").format(
-                sql.SQL(columns)  # built from the fixed names above, no input
+                columns
             )
         )
         rng = np.random.default_rng(seed)
