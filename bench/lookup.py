@@ -4,7 +4,9 @@ reader stall while a day is published, with and without a long-running reader tr
     python bench/lookup.py --entities 1000000
 
 Publishes N prediction rows through mlpipe's own publish path (run table, binary COPY, index, one
-swap transaction), then measures single-key lookups with a prepared statement on one connection.
+swap transaction), then measures single-key lookups with a prepared statement on one connection, then
+publishes the next two days while a reader looks keys up without pause: the stall is the slowest
+lookup during the swap (the day's rows are loaded and indexed before, as a scoring run does).
 The last line is one JSON object. Uses MLPIPE_DATABASE_URL if set, else a temporary embedded PostgreSQL.
 """
 
@@ -15,15 +17,16 @@ import json
 import sys
 import threading
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 from psycopg import sql
 
 
-def publish_day(conn, spec, day: date, keys: np.ndarray, settings) -> int:
-    """Score-shaped rows for every key, published as `day` through mlpipe.publish."""
+def load_day(conn, spec, day: date, keys: np.ndarray) -> tuple[int, str]:
+    """Score-shaped rows for every key in a new run table, indexed: everything a scoring run does
+    before it publishes. Returns (run_id, table)."""
     from mlpipe import publish
     from mlpipe.copyio import copy_predictions
 
@@ -38,6 +41,13 @@ def publish_day(conn, spec, day: date, keys: np.ndarray, settings) -> int:
         conn, publish.DATA_SCHEMA, table, keys, scores, scores >= 0.5, (scores * 100).astype(np.float32)
     )
     publish.index_run_table(conn, table)
+    return run_id, table
+
+
+def publish_day(conn, spec, day: date, run_id: int, table: str, settings) -> None:
+    """The publish step itself: one short transaction that swaps the day in and moves the view."""
+    from mlpipe import publish
+
     publish.publish(
         conn,
         spec,
@@ -47,7 +57,6 @@ def publish_day(conn, spec, day: date, keys: np.ndarray, settings) -> int:
         lock_timeout_ms=settings.lock_timeout_ms,
         attempts=settings.publish_retries,
     )
-    return run_id
 
 
 def latencies(conn, query: str, keys: np.ndarray, count: int) -> np.ndarray:
@@ -86,11 +95,13 @@ class Reader(threading.Thread):
                 self.slowest = max(self.slowest, (time.perf_counter() - started) * 1000)
 
 
-def stall_during_publish(url, conn, spec, keys, settings, *, long_reader_s: float = 0.0) -> float:
-    """The slowest view lookup while the day is published again (optionally while another session
-    holds a transaction open on the view for long_reader_s seconds)."""
+def stall_during_publish(url, conn, spec, keys, day: date, settings, *, long_reader_s: float = 0.0) -> float:
+    """The slowest view lookup while the next day is published (optionally while another session
+    holds a transaction open on the view for long_reader_s seconds). The day's rows are loaded and
+    indexed first, as a scoring run does; the stall is what readers feel of the swap itself."""
     from mlpipe.db import connect
 
+    run_id, table = load_day(conn, spec, day, keys)
     reader = Reader(url, keys)
     reader.start()
     time.sleep(0.5)
@@ -105,7 +116,7 @@ def stall_during_publish(url, conn, spec, keys, settings, *, long_reader_s: floa
 
         threading.Thread(target=release, daemon=True).start()
     reader.slowest = 0.0
-    publish_day(conn, spec, date.today(), keys, settings)
+    publish_day(conn, spec, day, run_id, table, settings)
     time.sleep(0.2)
     reader.stop.set()
     reader.join()
@@ -136,8 +147,10 @@ def main() -> None:
     conn = connect(url, autocommit=True)
     ensure_job_tables(conn, spec)
     keys = np.arange(1, args.entities + 1, dtype=np.int64)
+    today = date.today()
     started = time.perf_counter()
-    run_id = publish_day(conn, spec, date.today(), keys, settings)
+    run_id, table = load_day(conn, spec, today - timedelta(days=2), keys)
+    publish_day(conn, spec, today - timedelta(days=2), run_id, table, settings)
     print(f"published {args.entities:,} rows in {time.perf_counter() - started:.1f}s", flush=True)
     conn.execute(
         sql.SQL("create table mlpipe_data.bench_plain as select * from {}").format(
@@ -149,8 +162,11 @@ def main() -> None:
 
     view = latencies(conn, "select * from predictions.churn where entity_id = %s", keys, args.lookups)
     table = latencies(conn, "select * from mlpipe_data.bench_plain where entity_id = %s", keys, args.lookups)
-    stall = stall_during_publish(url, conn, spec, keys, settings)
-    stall_long = stall_during_publish(url, conn, spec, keys, settings, long_reader_s=args.long_reader_s)
+    # Each publish is the next day, as in daily operation: the view moves from one day to the next.
+    stall = stall_during_publish(url, conn, spec, keys, today - timedelta(days=1), settings)
+    stall_long = stall_during_publish(
+        url, conn, spec, keys, today, settings, long_reader_s=args.long_reader_s
+    )
 
     print(f"\n{'path':<22}{'p50 ms':>10}{'p99 ms':>10}")
     for name, values in (("predictions.churn", view), ("plain table", table)):

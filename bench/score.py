@@ -8,8 +8,14 @@ demo: generates the demo world (N customers), trains the churn job, scores today
 wide: trains the `wide` job (XGBoost, 300 trees of depth 6) on 200k rows, then for each N fills
       demo.wide with N rows of 30 numeric features and scores them.
 Each path runs in a fresh process so each peak RSS is that path's own:
-  mlpipe: the Prefect scoring flow (chunked COPY out, checks, vectorized predict, binary COPY in, publish);
-  naive:  pandas.read_sql -> predict -> DataFrame.to_sql (only at sizes up to --naive-max).
+  mlpipe:          the Prefect scoring flow (chunked reads, checks, quarantine, vectorized predict,
+                   binary COPY in, gates, index, publish), reasons off;
+  mlpipe+reasons:  the same with outputs.reasons: 3 (top three reasons per row);
+  script:          (wide only) the hand-written reference: binary COPY out, inplace_predict, binary
+                   COPY into a fresh table, primary key, rename; three threads, no checks;
+  naive:           pandas.read_sql -> predict -> DataFrame.to_sql (only at sizes up to --naive-max).
+Then, on one chunk of rows: rows/s of the reasons (surrogate) against XGBoost's approximate
+contributions and exact TreeSHAP.
 Throughput counts scored rows over the scoring time (mlpipe: lock to publish, from mlpipe.runs).
 The last line is one JSON object (top-level keys for the first size; "runs" for every size). Uses
 MLPIPE_DATABASE_URL if set (its demo schema is replaced), else a temporary embedded PostgreSQL.
@@ -85,6 +91,157 @@ def worker_naive(day: date, job: str) -> dict:
     return {"rows": len(out), "seconds": seconds, "wall_s": seconds, "peak_rss_mb": _peak_rss_mb()}
 
 
+def worker_script(day: date, job: str) -> dict:
+    """The hand-written reference: no checks, no quarantine, no gates, no history. Three threads in a
+    pipeline: key ranges streamed out with binary COPY, inplace_predict, binary COPY into a fresh
+    table; then the primary key and a rename."""
+    import queue
+    import struct
+    import threading
+
+    import numpy as np
+    from psycopg import sql
+
+    from mlpipe import registry
+    from mlpipe.db import connection, database_url
+    from mlpipe.settings import Settings
+    from mlpipe.spec import load_job
+
+    settings = Settings()
+    spec = load_job(job, settings)
+    url = database_url(settings)
+    columns = list(spec.features)
+    layout = np.dtype(
+        [("fields", ">i2"), ("key_len", ">i4"), ("key", ">i8")]
+        + [item for name in columns for item in ((f"{name}_len", ">i4"), (name, ">f8"))]
+    )
+    out_layout = np.dtype(
+        [("fields", ">i2"), ("key_len", ">i4"), ("key", ">i8"), ("score_len", ">i4"), ("score", ">f8")]
+    )
+    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+    with connection(url) as conn:
+        booster = registry.champion(conn, job).load().booster
+        low, high = conn.execute("select min(entity_id), max(entity_id) from demo.wide").fetchone()
+    step = settings.chunk_rows
+    features, scored = queue.Queue(maxsize=2), queue.Queue(maxsize=2)
+    select = sql.SQL(
+        "copy (select entity_id, {} from demo.wide where entity_id >= %s and entity_id < %s)"
+        " to stdout (format binary)"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+
+    def read() -> None:
+        with connection(url) as conn:
+            for lo in range(low, high + 1, step):
+                with conn.cursor().copy(select, [lo, lo + step]) as copy:
+                    data = b"".join(copy)
+                rows = np.frombuffer(data[len(header) : -2], dtype=layout)
+                matrix = np.empty((len(rows), len(columns)), dtype=np.float32)
+                for i, name in enumerate(columns):
+                    matrix[:, i] = rows[name]
+                features.put((rows["key"].astype(np.int64), matrix))
+        features.put(None)
+
+    def write() -> None:
+        with connection(url) as conn:
+            conn.execute("drop table if exists demo.script_scores_new")
+            conn.execute(
+                "create table demo.script_scores_new (entity_id bigint not null, score float8 not null)"
+            )
+            while (item := scored.get()) is not None:
+                keys, scores = item
+                rows = np.empty(len(keys), dtype=out_layout)
+                rows["fields"], rows["key_len"], rows["key"] = 2, 8, keys
+                rows["score_len"], rows["score"] = 8, scores
+                with conn.cursor().copy("copy demo.script_scores_new from stdin (format binary)") as copy:
+                    copy.write(header + rows.tobytes() + struct.pack(">h", -1))
+            conn.execute("alter table demo.script_scores_new add primary key (entity_id)")
+            conn.execute("drop table if exists demo.script_scores")
+            conn.execute("alter table demo.script_scores_new rename to script_scores")
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=read), threading.Thread(target=write)]
+    for thread in threads:
+        thread.start()
+    total = 0
+    while (item := features.get()) is not None:
+        keys, matrix = item
+        scored.put((keys, booster.inplace_predict(matrix)))
+        total += len(keys)
+    scored.put(None)
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    return {"rows": total, "seconds": seconds, "wall_s": seconds, "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_explain(day: date, job: str) -> dict:
+    """Rows per second of ways to explain scores, on one chunk of the job's rows: the surrogate mlpipe
+    writes (contributions and the JSON), XGBoost's approximate contributions, exact TreeSHAP; and
+    plain prediction for scale."""
+    import xgboost as xgb
+
+    from mlpipe import registry
+    from mlpipe.chunks import _explainer
+    from mlpipe.db import connection, database_url
+    from mlpipe.extract import check_features_source, plan_chunks, read_features
+    from mlpipe.features import to_matrix
+    from mlpipe.settings import Settings
+    from mlpipe.spec import load_job
+
+    settings = Settings()
+    spec = load_job(job, settings)
+    with connection(database_url(settings)) as conn:
+        version = registry.champion(conn, job)
+        block = check_features_source(conn, spec, day)
+        first = plan_chunks(conn, spec, day, 200_000)[1][0]
+        frame = read_features(conn, spec, day, first, block)
+    matrix = to_matrix(frame, spec)
+    model = version.load()
+    surrogate, writer = _explainer(version, 3)
+
+    def rate(rows: int, work) -> float:
+        started = time.perf_counter()
+        work(matrix[:rows])
+        return rows / (time.perf_counter() - started)
+
+    out = {
+        "predict_rows_per_s": rate(len(matrix), model.predict),
+        "reasons_rows_per_s": rate(len(matrix), lambda m: writer.encode(surrogate.contributions(m))),
+        "surrogate_r2": version.reference["explainer"]["r2"],
+    }
+    booster = getattr(model, "booster", None)
+    if booster is not None:  # XGBoost models: its own contribution methods, for comparison
+        out["xgb_approx_rows_per_s"] = rate(
+            20_000, lambda m: booster.predict(xgb.DMatrix(m), pred_contribs=True, approx_contribs=True)
+        )
+        out["treeshap_rows_per_s"] = rate(
+            2_000, lambda m: booster.predict(xgb.DMatrix(m), pred_contribs=True)
+        )
+    return out
+
+
+def reasons_jobs(home: Path, job: str) -> dict[str, str]:
+    """Copies of the job with reasons off and on (3), as MLPIPE_JOBS_PATH values; the same trained
+    model serves both (reasons do not change the features)."""
+    import shutil
+
+    import yaml
+
+    from mlpipe.settings import Settings
+    from mlpipe.spec import load_job
+
+    source = load_job(job, Settings()).folder
+    paths = {}
+    for label, top in (("off", 0), ("on", 3)):
+        folder = home / f"jobs-reasons-{label}" / job
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+        spec = yaml.safe_load((folder / "job.yaml").read_text())
+        spec.setdefault("outputs", {})["reasons"] = top
+        (folder / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        paths[label] = json.dumps([str(folder.parent)])
+    return paths
+
+
 def run_worker(path: str, day: date, job: str, env: dict) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--worker", path, "--as-of", day.isoformat(), "--job", job],
@@ -151,13 +308,14 @@ def main() -> None:
         "--naive-max", type=int, default=1_000_000, help="largest size the naive path runs at"
     )
     parser.add_argument("--chunk-rows", type=int, default=None, help="MLPIPE_CHUNK_ROWS for the mlpipe path")
-    parser.add_argument("--worker", choices=["mlpipe", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["mlpipe", "naive", "script", "explain"], help=argparse.SUPPRESS)
     parser.add_argument("--job", default="churn", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", type=date.fromisoformat, default=date.today(), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        worker = worker_mlpipe if args.worker == "mlpipe" else worker_naive
+        workers = {"mlpipe": worker_mlpipe, "naive": worker_naive, "script": worker_script}
+        worker = {**workers, "explain": worker_explain}[args.worker]
         print(json.dumps(worker(args.as_of, args.job)))
         return
 
@@ -183,45 +341,73 @@ def main() -> None:
         generate_s = fill("demo", url, args.entities[0], args.seed)
     job, _, train_s = prepare(args.shape, url, settings, args.seed)
 
+    jobs_path = reasons_jobs(home, job)
+    plain_env = {**env, "MLPIPE_JOBS_PATH": jobs_path["off"]}
+    reasons_env = {**env, "MLPIPE_JOBS_PATH": jobs_path["on"]}
     runs = []
     for size in args.entities:
         if args.shape == "wide" or size != args.entities[0]:
             print(f"filling {size:,} entities ...", flush=True)
             generate_s = fill(args.shape, url, size, args.seed)
-        results = {"mlpipe": run_worker("mlpipe", date.today(), job, env)}
+        results = {
+            "mlpipe": run_worker("mlpipe", date.today(), job, plain_env),
+            "mlpipe+reasons": run_worker("mlpipe", date.today(), job, reasons_env),
+        }
+        if args.shape == "wide":  # the hand-written script reads the wide table itself
+            results["script"] = run_worker("script", date.today(), job, plain_env)
         if not args.skip_naive and size <= args.naive_max:
-            results["naive"] = run_worker("naive", date.today(), job, env)
-        runs.append(summarize(size, results, generate_s, train_s))
-        print(f"\n{'path':<8}{'entities':>12}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}")
+            results["naive"] = run_worker("naive", date.today(), job, plain_env)
+        explain = run_worker("explain", date.today(), job, reasons_env) if not runs else None
+        runs.append(summarize(size, results, generate_s, train_s, explain))
+        print(f"\n{'path':<16}{'entities':>12}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}")
         for name, r in results.items():
             rate = r["rows"] / r["seconds"]
             print(
-                f"{name:<8}{size:>12,}{r['rows']:>12,}{r['seconds']:>10.2f}{rate:>12,.0f}"
+                f"{name:<16}{size:>12,}{r['rows']:>12,}{r['seconds']:>10.2f}{rate:>12,.0f}"
                 f"{r['peak_rss_mb']:>14,.0f}",
                 flush=True,
+            )
+        if explain:
+            print(
+                "\nexplaining one chunk (rows/s): " + ", ".join(f"{k} {v:,.3g}" for k, v in explain.items())
             )
     print(json.dumps({**runs[0], "shape": args.shape, "runs": runs}))
 
 
-def summarize(size: int, results: dict, generate_s: float, train_s: float) -> dict:
-    mlpipe = results["mlpipe"]
+def summarize(size: int, results: dict, generate_s: float, train_s: float, explain: dict | None) -> dict:
+    def rate(path: str) -> float:
+        return results[path]["rows"] / results[path]["seconds"]
+
     out = {
         "entities": size,
-        "rows_scored": mlpipe["rows"],
+        "rows_scored": results["mlpipe"]["rows"],
         "generate_s": round(generate_s, 2),
         "train_s": round(train_s, 2),
-        "mlpipe_seconds": round(mlpipe["seconds"], 3),
-        "mlpipe_rows_per_s": round(mlpipe["rows"] / mlpipe["seconds"]),
-        "mlpipe_peak_rss_mb": round(mlpipe["peak_rss_mb"]),
     }
+    for path, prefix in (
+        ("mlpipe", "mlpipe"),
+        ("mlpipe+reasons", "reasons"),
+        ("script", "script"),
+        ("naive", "naive"),
+    ):
+        if path in results:
+            out.update(
+                {
+                    f"{prefix}_seconds": round(results[path]["seconds"], 3),
+                    f"{prefix}_rows_per_s": round(rate(path)),
+                    f"{prefix}_peak_rss_mb": round(results[path]["peak_rss_mb"]),
+                }
+            )
+    # Reasons cost as a share of scoring time: at most 1.0 means "no more than scoring itself".
+    out["reasons_extra_time_share"] = round(
+        results["mlpipe+reasons"]["seconds"] / results["mlpipe"]["seconds"] - 1, 3
+    )
+    if "script" in results:
+        out["vs_script"] = round(rate("mlpipe") / rate("script"), 2)
     if "naive" in results:
-        naive = results["naive"]
-        out.update(
-            naive_seconds=round(naive["seconds"], 3),
-            naive_rows_per_s=round(naive["rows"] / naive["seconds"]),
-            naive_peak_rss_mb=round(naive["peak_rss_mb"]),
-            speedup=round((mlpipe["rows"] / mlpipe["seconds"]) / (naive["rows"] / naive["seconds"]), 2),
-        )
+        out["speedup"] = round(rate("mlpipe") / rate("naive"), 2)
+    if explain:
+        out["explain"] = {k: round(v, 3) for k, v in explain.items()}
     return out
 
 

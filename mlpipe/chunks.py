@@ -24,6 +24,7 @@ from mlpipe import publish, validate
 from mlpipe.copyio import copy_in_csv, copy_predictions
 from mlpipe.db import connection
 from mlpipe.errors import RunFailedError
+from mlpipe.explain import ReasonWriter, Surrogate
 from mlpipe.extract import Chunk, read_features
 from mlpipe.features import find_bad_rows, to_matrix
 from mlpipe.registry import ModelVersion
@@ -47,7 +48,8 @@ class RunContext:
     challenger: ModelVersion | None = None
     shadow_table: str | None = None
     challenger_share: float = 0.0
-    fixed_layout: list[tuple[str, str]] | None = None
+    numeric_block: bool = False
+    reasons: int = 0  # top reasons per row; 0: none
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,10 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         done = _finished(conn, ctx.run_id, chunk)
         if done is not None:  # written by an attempt that crashed later, or by a resumed run
             return done
-        frame = read_features(conn, spec, ctx.as_of, chunk, ctx.fixed_layout)
+        frame = read_features(conn, spec, ctx.as_of, chunk, ctx.numeric_block)
         reasons = find_bad_rows(frame, spec)
         bad = reasons.notna().to_numpy()
-        good = frame[~bad]
+        good = frame[~bad] if bad.any() else frame
         matrix = to_matrix(good, spec)
         keys = good[spec.entity.key].to_numpy()
         missing = validate.missing_report(
@@ -94,7 +96,7 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         scores = _predict(model, matrix, ctx.model, chunk)
         with conn.transaction():
             if ctx.challenger is None:
-                _write(conn, ctx, ctx.table, keys, scores, ctx.model)
+                _write(conn, ctx, ctx.table, keys, scores, ctx.model, matrix)
             else:
                 scores = _write_with_challenger(conn, ctx, chunk, keys, matrix, scores)
             if bad.any():
@@ -156,7 +158,15 @@ def _percentile(scores: np.ndarray, version: ModelVersion) -> np.ndarray:
 
 
 def _write(
-    conn, ctx: RunContext, table: str, keys, scores, version: ModelVersion, *, own_version: bool = False
+    conn,
+    ctx: RunContext,
+    table: str,
+    keys,
+    scores,
+    version: ModelVersion,
+    matrix: np.ndarray,
+    *,
+    own_version: bool = False,
 ):
     copy_predictions(
         conn,
@@ -167,7 +177,25 @@ def _write(
         scores >= ctx.threshold,
         _percentile(scores, version),
         version.model_version if own_version else None,
+        _reasons(version, matrix, ctx.reasons) if ctx.reasons else None,
     )
+
+
+def _reasons(version: ModelVersion, matrix: np.ndarray, k: int) -> np.ndarray:
+    surrogate, writer = _explainer(version, k)
+    return writer.encode(surrogate.contributions(matrix))
+
+
+_explainers: dict[tuple[int, int], tuple[Surrogate, ReasonWriter]] = {}
+
+
+def _explainer(version: ModelVersion, k: int) -> tuple[Surrogate, ReasonWriter]:
+    # Per process, like the model itself: chunk tasks of a run share one (a race builds it twice).
+    key = (version.model_id, k)
+    if key not in _explainers:
+        surrogate = Surrogate.from_dict(version.reference["explainer"])
+        _explainers[key] = (surrogate, ReasonWriter(surrogate.features, k))
+    return _explainers[key]
 
 
 def _write_with_challenger(conn, ctx: RunContext, chunk: Chunk, keys, matrix, scores) -> np.ndarray:
@@ -175,11 +203,13 @@ def _write_with_challenger(conn, ctx: RunContext, chunk: Chunk, keys, matrix, sc
     entities is published with the challenger's score and model_version. Returns published scores."""
     challenger = _predict(ctx.challenger.load(), matrix, ctx.challenger, chunk)
     if ctx.shadow_table:
-        _write(conn, ctx, ctx.shadow_table, keys, challenger, ctx.challenger)
+        _write(conn, ctx, ctx.shadow_table, keys, challenger, ctx.challenger, matrix)
     arm = challenger_arm(keys, ctx.challenger_share)
-    _write(conn, ctx, ctx.table, keys[~arm], scores[~arm], ctx.model)
+    _write(conn, ctx, ctx.table, keys[~arm], scores[~arm], ctx.model, matrix[~arm])
     if arm.any():
-        _write(conn, ctx, ctx.table, keys[arm], challenger[arm], ctx.challenger, own_version=True)
+        _write(
+            conn, ctx, ctx.table, keys[arm], challenger[arm], ctx.challenger, matrix[arm], own_version=True
+        )
     return np.where(arm, challenger, scores)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import select
 import struct
 
 import numpy as np
@@ -10,6 +12,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _BINARY_TRAILER = struct.pack(">h", -1)
@@ -24,11 +27,7 @@ def copy_out(
     Streams from the server into one buffer: memory follows the result size, so callers pass
     bounded queries (one key range per chunk)."""
     statement = sql.SQL("copy ({}) to stdout (format csv, header true)").format(query)
-    buffer = io.BytesIO()
-    with conn.cursor().copy(statement, params) as copy:
-        for block in copy:
-            buffer.write(block)
-    buffer.seek(0)
+    buffer = io.BytesIO(copy_out_bytes(conn, statement, params))
     if buffer.getbuffer().nbytes == 0:
         return pa.table({name: pa.array([], type=t) for name, t in types.items()})
     return pacsv.read_csv(
@@ -45,6 +44,61 @@ def copy_out(
             quoted_strings_can_be_null=False,  # PostgreSQL quotes an empty string, never a NULL
         ),
     )
+
+
+def copy_out_bytes(conn: psycopg.Connection, statement: sql.Composable, params: dict) -> bytes:
+    """Everything a COPY ... TO STDOUT statement sends, as one buffer.
+
+    libpq hands COPY data over one row per message. psycopg's Copy iterator spends about 5 us of
+    Python on each (a quarter of a core at our chunk sizes), so this loop talks to libpq directly:
+    one call and one list append per row, waiting on the socket (GIL released) when no row is ready.
+    COPY takes no server-side parameters; psycopg merges them client-side, as its Copy does."""
+    query = psycopg.ClientCursor(conn).mogrify(statement, params).encode(conn.info.encoding)
+    pgconn = conn.pgconn
+    rows: list[memoryview] = []
+    try:
+        pgconn.send_query(query)
+        result = _next_result(pgconn)
+        if result is None or result.status != psycopg.pq.ExecStatus.COPY_OUT:
+            error = _drain(conn, result) or psycopg.ProgrammingError("the statement is not a COPY TO STDOUT")
+        else:
+            while True:
+                size, data = pgconn.get_copy_data(1)
+                if size > 0:
+                    rows.append(data)
+                elif size == 0:
+                    select.select([pgconn.socket], [], [])
+                    pgconn.consume_input()
+                elif size == -1:
+                    break
+                else:
+                    raise psycopg.OperationalError(f"reading COPY data failed: {pgconn.get_error_message()}")
+            error = _drain(conn, _next_result(pgconn))
+    except BaseException:
+        # Mid-COPY the connection cannot run anything else: close it rather than hand it back in a
+        # state psycopg does not know about (a lost connection is closed already).
+        conn.close()
+        raise
+    if error is not None:
+        raise error  # an error the server reported; the connection is usable again (after rollback)
+    return b"".join(rows)
+
+
+def _next_result(pgconn):
+    while pgconn.is_busy():
+        select.select([pgconn.socket], [], [])
+        pgconn.consume_input()
+    return pgconn.get_result()
+
+
+def _drain(conn: psycopg.Connection, result) -> psycopg.Error | None:
+    """Read results to the end of the statement; return the first error, as psycopg would raise it."""
+    error = None
+    while result is not None:
+        if error is None and result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+            error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+        result = _next_result(conn.pgconn)
+    return error
 
 
 def copy_in_csv(conn: psycopg.Connection, schema: str, table: str, data: pa.Table) -> None:
@@ -64,9 +118,11 @@ def prediction_rows_binary(
     decision: np.ndarray,
     percentile: np.ndarray,
     model_version: str | None = None,
+    reasons: np.ndarray | None = None,
 ) -> bytes:
-    """Binary COPY payload for (bigint key, float8, bool, float4[, text]) rows, built as one numpy
-    record array: every field is fixed-width (the text is one constant), so no Python runs per row."""
+    """Binary COPY payload for (bigint key, float8, bool, float4[, text][, jsonb]) rows, built as one
+    numpy record array: every field is fixed-width (the text is one constant, the reasons are padded
+    JSON of one width), so no Python runs per row."""
     fields = [
         ("fields", ">i2"),
         ("key_len", ">i4"), ("key", ">i8"),
@@ -77,14 +133,18 @@ def prediction_rows_binary(
     version = (model_version or "").encode()
     if model_version is not None:
         fields += [("version_len", ">i4"), ("version", f"S{len(version)}")]
+    if reasons is not None:  # jsonb's binary form: a version byte (1), then the JSON text
+        fields += [("reasons_len", ">i4"), ("reasons_format", "u1"), ("reasons", "u1", reasons.shape[1])]
     rows = np.empty(len(keys), dtype=np.dtype(fields))
-    rows["fields"] = 4 if model_version is None else 5
+    rows["fields"] = 4 + (model_version is not None) + (reasons is not None)
     rows["key_len"], rows["key"] = 8, keys
     rows["score_len"], rows["score"] = 8, score
     rows["decision_len"], rows["decision"] = 1, decision
     rows["percentile_len"], rows["percentile"] = 4, percentile
     if model_version is not None:
         rows["version_len"], rows["version"] = len(version), version
+    if reasons is not None:
+        rows["reasons_len"], rows["reasons_format"], rows["reasons"] = reasons.shape[1] + 1, 1, reasons
     return _BINARY_HEADER + rows.tobytes() + _BINARY_TRAILER
 
 
@@ -97,23 +157,34 @@ def copy_predictions(
     decision: np.ndarray,
     percentile: np.ndarray,
     model_version: str | None = None,
+    reasons: np.ndarray | None = None,
 ) -> None:
     """Write scored rows into a run table with binary COPY; model_version, when given, overrides
-    the table's default (the challenger's rows in a batch A/B run)."""
-    columns = ["entity_id", "score", "decision", "percentile"] + (["model_version"] if model_version else [])
+    the table's default (the challenger's rows in a batch A/B run); reasons are (rows, width) bytes
+    of JSON from explain.ReasonWriter."""
+    columns = ["entity_id", "score", "decision", "percentile"]
+    columns += (["model_version"] if model_version else []) + (["reasons"] if reasons is not None else [])
     statement = sql.SQL("copy {}.{} ({}) from stdin (format binary)").format(
         sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
     if keys.dtype.kind in "iu":
-        payload = prediction_rows_binary(keys.astype(np.int64), score, decision, percentile, model_version)
+        payload = prediction_rows_binary(
+            keys.astype(np.int64), score, decision, percentile, model_version, reasons
+        )
         _write_blocks(conn, statement, memoryview(payload))
         return
     # Text keys are variable-width; psycopg's C row writer is the fast path for them.
     with conn.cursor().copy(statement) as copy:
-        copy.set_types(["text", "float8", "bool", "float4"] + (["text"] if model_version else []))
+        types = ["text", "float8", "bool", "float4"] + (["text"] if model_version else [])
+        copy.set_types(types + (["jsonb"] if reasons is not None else []))
         extra = [model_version] if model_version else []
-        for row in zip(keys.tolist(), score.tolist(), decision.tolist(), percentile.tolist(), strict=True):
-            copy.write_row([*row, *extra])
+        rows = zip(keys.tolist(), score.tolist(), decision.tolist(), percentile.tolist(), strict=True)
+        if reasons is None:
+            for row in rows:
+                copy.write_row([*row, *extra])
+            return
+        for row, json_text in zip(rows, reasons, strict=True):
+            copy.write_row([*row, *extra, Jsonb(json.loads(json_text.tobytes()))])
 
 
 def _write_blocks(conn: psycopg.Connection, statement: sql.Composable, view: memoryview) -> None:
@@ -122,35 +193,48 @@ def _write_blocks(conn: psycopg.Connection, statement: sql.Composable, view: mem
             copy.write(view[offset : offset + _WRITE_BLOCK])
 
 
-# Fixed-width PostgreSQL types the binary fast path reads, by type OID: bigint and double precision.
-FIXED_WIDTH_TYPES = {20: ">i8", 701: ">f8"}
+# Source types the numeric block path reads, by type OID: smallint, integer, bigint, double precision.
+# Each converts to float8 exactly (bigint up to 2**53), as the CSV path's parse would.
+NUMERIC_BLOCK_TYPES = {21, 23, 20, 701}
 
 
-def copy_out_fixed(
-    conn: psycopg.Connection, query: sql.Composable, params: dict, layout: list[tuple[str, str]]
-) -> dict[str, np.ndarray] | None:
-    """Run `query` through binary COPY and read it as one numpy record array, when every column is
-    fixed-width and no value is NULL (then each row has the same length). Returns None otherwise,
-    and the caller reads the chunk the general way."""
-    statement = sql.SQL("copy ({}) to stdout (format binary)").format(query)
-    buffer = bytearray()
-    with conn.cursor().copy(statement, params) as copy:
-        for block in copy:
-            buffer += block
-    header, trailer = len(_BINARY_HEADER), 2
-    if bytes(buffer[:header]) != _BINARY_HEADER:
+def read_numeric_block(
+    conn: psycopg.Connection, query: sql.Composable, params: dict, key: str, columns: list[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Run `query` and fetch its rows as (int64 keys, float64 matrix of `columns`), gathered on the
+    server into two arrays (the matrix as one two-dimensional array, row by row) and sent as one
+    binary row: nothing runs per row on this side, so chunk tasks in threads do not fight over the
+    GIL, and both sides together spend less CPU than streaming rows with COPY.
+    Returns None when a value is NULL; the caller then reads the general way."""
+    values = sql.SQL(", ").join(sql.SQL("source.{}::float8").format(sql.Identifier(c)) for c in columns)
+    statement = sql.SQL(
+        "select count(*), array_agg(source.{}::bigint), array_agg(array[{}]) from ({}) as source"
+    ).format(sql.Identifier(key), values, query)
+    with conn.cursor(binary=True) as cursor:
+        # Parallel workers would ship partial arrays between processes: slower for a chunk.
+        cursor.execute("set local max_parallel_workers_per_gather = 0")
+        cursor.execute(statement, params)
+        result = cursor.pgresult
+        rows = int.from_bytes(result.get_value(0, 0), "big", signed=True)
+        if rows == 0:
+            return np.empty(0, dtype=np.int64), np.empty((0, len(columns)), dtype=np.float64)
+        keys = _array_elements(result.get_value(0, 1), ">i8", (rows,))
+        matrix = _array_elements(result.get_value(0, 2), ">f8", (rows, len(columns)))
+    if keys is None or matrix is None:
         return None
-    fields = [("fields", ">i2")]
-    for i, (name, dtype) in enumerate(layout):
-        fields += [(f"_len{i}", ">i4"), (name, dtype)]
-    record = np.dtype(fields)
-    body = memoryview(buffer)[header : len(buffer) - trailer]
-    if len(body) % record.itemsize:
+    return keys.astype(np.int64), matrix.astype(np.float64)
+
+
+def _array_elements(raw: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The elements of a binary array without NULLs, in `shape`. Layout: dimension count, has-NULL
+    flag, element type, (length, lower bound) per dimension, then each element after its length."""
+    dimensions, has_null = struct.unpack_from(">ii", raw)
+    if has_null or dimensions != len(shape):
         return None
-    rows = np.frombuffer(body, dtype=record)
-    if len(rows) and (rows["fields"] != len(layout)).any():
+    header = 12 + 8 * dimensions
+    if struct.unpack_from(f">{'ii' * dimensions}", raw, 12)[::2] != shape:
         return None
-    for i, (_, dtype) in enumerate(layout):
-        if len(rows) and (rows[f"_len{i}"] != np.dtype(dtype).itemsize).any():
-            return None  # a NULL (length -1) somewhere
-    return {name: rows[name].astype(np.dtype(dtype).newbyteorder("=")) for name, dtype in layout}
+    elements = np.frombuffer(
+        raw, dtype=np.dtype([("length", ">i4"), ("value", dtype)]), offset=header, count=int(np.prod(shape))
+    )
+    return elements["value"].reshape(shape)

@@ -10,7 +10,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from mlpipe.copyio import FIXED_WIDTH_TYPES, copy_out, copy_out_fixed
+from mlpipe.copyio import NUMERIC_BLOCK_TYPES, copy_out, read_numeric_block
 from mlpipe.errors import SourceError
 from mlpipe.features import check_source_columns, source_types
 from mlpipe.spec import JobSpec
@@ -51,15 +51,12 @@ def _params(as_of: date, chunk: Chunk | None = None) -> dict:
     return params
 
 
-def check_features_source(
-    conn: psycopg.Connection, spec: JobSpec, as_of: date
-) -> list[tuple[str, str]] | None:
+def check_features_source(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> bool:
     """Fail before any work when the features SQL does not return what the spec describes. Returns
-    the binary layout of its columns when they are all fixed-width numbers (the fast path), else None."""
+    whether the chunks can be read as one numeric block (an integer key and integer or double
+    precision features, the fast path)."""
     types = check_source_columns(conn, spec, features_query(spec), _params(as_of))
-    if all(oid in FIXED_WIDTH_TYPES for oid in types.values()):
-        return [(name, FIXED_WIDTH_TYPES[oid]) for name, oid in types.items()]
-    return None
+    return all(oid in NUMERIC_BLOCK_TYPES for oid in types.values())
 
 
 def read_features(
@@ -67,19 +64,25 @@ def read_features(
     spec: JobSpec,
     as_of: date,
     chunk: Chunk | None = None,
-    fixed_layout: list[tuple[str, str]] | None = None,
+    numeric_block: bool = False,
 ) -> pd.DataFrame:
-    """Raw feature rows as of `as_of` for one chunk (or everything), streamed out with COPY: binary
-    into numpy when the columns are fixed-width and free of NULLs, else CSV parsed by Arrow."""
-    if fixed_layout:
+    """Raw feature rows as of `as_of` for one chunk (or everything): as one binary numeric block
+    when the source allows and has no NULLs in this chunk, else streamed out with COPY as CSV and
+    parsed by Arrow. Both give the same frame: the key, then each feature as float64."""
+    if numeric_block:
         try:
-            columns = copy_out_fixed(conn, features_query(spec, chunk), _params(as_of, chunk), fixed_layout)
+            block = read_numeric_block(
+                conn, features_query(spec, chunk), _params(as_of, chunk), spec.entity.key, list(spec.features)
+            )
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
             raise SourceError(f"job {spec.name}: reading features as of {as_of} failed: {exc}") from exc
-        if columns is not None:
-            return pd.DataFrame(columns, copy=False)
+        if block is not None:
+            keys, values = block
+            frame = pd.DataFrame(values, columns=list(spec.features), copy=False)
+            frame.insert(0, spec.entity.key, keys)
+            return frame
     try:
         table = copy_out(conn, features_query(spec, chunk), _params(as_of, chunk), source_types(spec))
     except psycopg.OperationalError:

@@ -77,13 +77,15 @@ def create_run_table(
     kind: Kind = "published",
 ) -> str:
     """The run's own table. Constant columns come from defaults so COPY only sends what varies, and
-    the check on as_of lets ATTACH PARTITION skip its validation scan at publish time."""
+    the check on as_of lets ATTACH PARTITION skip its validation scan at publish time. Autovacuum
+    stays off: the table is written once and analyzed by the run, and an autovacuum worker on it would
+    hold the lock that ATTACH needs, stalling publish for seconds (anti-wraparound vacuums still run)."""
     name = run_table_name(spec, run_id, kind)
     target = sql.Identifier(DATA_SCHEMA, name)
     conn.execute(
-        sql.SQL("create table {table} ({columns}, check (as_of = {as_of}))").format(
-            table=target, columns=_columns(spec), as_of=sql.Literal(as_of)
-        )
+        sql.SQL(
+            "create table {table} ({columns}, check (as_of = {as_of})) with (autovacuum_enabled = off)"
+        ).format(table=target, columns=_columns(spec), as_of=sql.Literal(as_of))
     )
     for column, value in (("model_version", model_version), ("as_of", as_of), ("run_id", run_id)):
         conn.execute(
@@ -97,12 +99,24 @@ def create_run_table(
 def index_run_table(conn: psycopg.Connection, table: str) -> None:
     """Build the key index after the load (faster than maintaining it row by row) and analyze."""
     target = sql.Identifier(DATA_SCHEMA, table)
-    conn.execute(sql.SQL("alter table {} add primary key (entity_id, as_of)").format(target))
+    indexed = conn.execute(
+        """select exists (select from pg_constraint c join pg_class t on t.oid = c.conrelid
+                          join pg_namespace n on n.oid = t.relnamespace
+                          where n.nspname = %s and t.relname = %s and c.contype = 'p')""",
+        [DATA_SCHEMA, table],
+    ).fetchone()[0]
+    if indexed:  # a resumed run whose first attempt got this far
+        return
+    with conn.transaction():
+        # The default 64MB makes a 10M-row sort spill to disk; this is the server's memory, for seconds.
+        conn.execute("set local maintenance_work_mem = '512MB'")
+        conn.execute(sql.SQL("alter table {} add primary key (entity_id, as_of)").format(target))
     conn.execute(sql.SQL("analyze {}").format(target))
 
 
-def drop_run_table(conn: psycopg.Connection, table: str) -> None:
-    conn.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(DATA_SCHEMA, table)))
+def drop_run_table(conn: psycopg.Connection, table: str | None) -> None:
+    if table is not None:
+        conn.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(DATA_SCHEMA, table)))
 
 
 def _retrying(
@@ -142,8 +156,10 @@ def publish(
     if the day is the newest. Returns whether the view moved. `conn` must not be in a transaction."""
 
     def swap() -> bool:
+        # Readers of the view wait from the moment it is replaced until commit, so everything else
+        # (attach, bookkeeping) comes first and the view last: the stall is a few catalog writes.
         if shadow_table:
-            _attach(conn, spec, as_of, run_id, shadow_table, "shadow")
+            drop_run_table(conn, _attach(conn, spec, as_of, run_id, shadow_table, "shadow"))
         newest, live = conn.execute(
             """select (select max(as_of) from mlpipe.partitions where job = %(job)s and kind = 'published'),
                       (select as_of from mlpipe.live_views where job = %(job)s)""",
@@ -151,12 +167,13 @@ def publish(
         ).fetchone()
         # The newest day moves the view; so does re-running the day a rollback pointed it back to.
         moves_view = newest is None or as_of >= newest or as_of == live
-        if moves_view:
-            _point_view(conn, spec, as_of, run_id, table, f"published run {run_id}")
-        _attach(conn, spec, as_of, run_id, table, "published")
+        replaced = _attach(conn, spec, as_of, run_id, table, "published")
         conn.execute(
             "update mlpipe.runs set status = 'published', finished_at = now() where run_id = %s", [run_id]
         )
+        if moves_view:
+            _point_view(conn, spec, as_of, run_id, table, f"published run {run_id}")
+        drop_run_table(conn, replaced)  # after the view has left it, when it was the live day
         return moves_view
 
     return _retrying(conn, f"publish {spec.name} for {as_of}", lock_timeout_ms, attempts, swap)
@@ -164,8 +181,9 @@ def publish(
 
 def _attach(
     conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str, kind: Kind
-) -> None:
-    """Replace the day's partition of history (or shadow) with `table`, dropping the one it replaces."""
+) -> str | None:
+    """Make `table` the day's partition of history (or shadow). Returns the table it replaced, now
+    detached, for the caller to drop once nothing reads it."""
     parent = sql.Identifier(PUBLIC_SCHEMA, history_name(spec) if kind == "published" else shadow_name(spec))
     row = conn.execute(
         "select table_name from mlpipe.partitions where job = %s and kind = %s and as_of = %s for update",
@@ -183,14 +201,13 @@ def _attach(
             sql.Literal(as_of + timedelta(days=1)),
         )
     )
-    if row:
-        drop_run_table(conn, row[0])  # the view was moved off it first when it was the live day
     conn.execute(
         """insert into mlpipe.partitions (job, kind, as_of, run_id, table_name) values (%s, %s, %s, %s, %s)
            on conflict (job, kind, as_of) do update
            set run_id = excluded.run_id, table_name = excluded.table_name, published_at = now()""",
         [spec.name, kind, as_of, run_id, table],
     )
+    return row[0] if row else None
 
 
 def _point_view(

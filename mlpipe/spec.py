@@ -150,6 +150,12 @@ class Outputs(_Strict):
         le=0.5,
         description="Batch A/B: this share of entities gets the challenger's score.",
     )
+    reasons: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Top features behind each score, written to the reasons column (0: off).",
+    )
 
 
 class JobSpec(_Strict):

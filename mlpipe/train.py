@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from sklearn.model_selection import train_test_split
 
 import mlpipe
-from mlpipe import artifacts, behaviour, registry
+from mlpipe import artifacts, behaviour, explain, registry
 from mlpipe.candidates import calibrate, search
 from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
 from mlpipe.extract import plan_chunks, read_features, read_labels
@@ -294,6 +294,13 @@ def _register(
             "reference": {
                 "scores": score_reference(model.predict(x_test)),
                 "features": feature_reference(data, columns),
+                "explainer": explain.fit_for(
+                    model.predict,
+                    data.part("train")[0],
+                    data.part("validation")[0],
+                    columns,
+                    spec.training.seed,
+                ),
             },
             "library_versions": {**artifacts.library_versions(), "python": platform.python_version()},
             "code_version": f"mlpipe {mlpipe.__version__}",

@@ -48,6 +48,12 @@ class GateFailed(RunFailedError):
         self.gate, self.failures, self.sample_keys = gate, failures, sample_keys or []
 
 
+def warm_up() -> None:
+    """Import GX and build its context in the background (seconds of CPU), so that the output gate
+    does not wait for it at the end of a run; started while the run plans, when this side is idle."""
+    threading.Thread(target=_data_source, name="mlpipe-gx-warm-up", daemon=True).start()
+
+
 def _data_source():
     """One ephemeral GX context per process (GX takes seconds to import: only when gates run)."""
     global _source

@@ -1,14 +1,15 @@
-"""A source of fixed-width numbers is read with binary COPY into numpy; NULLs fall back to CSV with
-the same results."""
+"""A source of integers and doubles is read as one binary numeric block into numpy; NULLs fall back to
+CSV with the same results."""
 
 from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import pytest
 
 from mlpipe import train
-from mlpipe.copyio import copy_out_fixed
+from mlpipe.copyio import read_numeric_block
 from mlpipe.db import connection
 from mlpipe.demo import wide
 from mlpipe.extract import check_features_source, features_query
@@ -31,10 +32,16 @@ def wide_job(db_url):
 
 
 def test_wide_numeric_sources_take_the_binary_path_and_score_the_same_as_csv(db_url, conn, wide_job):
-    layout = check_features_source(conn, wide_job, date.today())
-    assert layout is not None and layout[0] == ("entity_id", ">i8") and len(layout) == 31
-    columns = copy_out_fixed(conn, features_query(wide_job), {"as_of": date.today()}, layout)
-    assert len(columns["entity_id"]) == 3000 and columns["f01"].dtype.byteorder in "=<"
+    query = (features_query(wide_job), {"as_of": date.today()})
+    assert check_features_source(conn, wide_job, date.today())
+    block = read_numeric_block(conn, *query, "entity_id", list(wide_job.features))
+    keys, values = block
+    assert keys.dtype == np.int64 and values.shape == (3000, 30) and values.dtype.byteorder in "=<"
+    expected = conn.execute("select entity_id, f01, f30 from demo.wide order by entity_id").fetchall()
+    order = np.argsort(keys)
+    assert keys[order].tolist() == [r[0] for r in expected]
+    assert values[order][:, 0].tolist() == [r[1] for r in expected]  # exact, and rows line up
+    assert values[order][:, 29].tolist() == [r[2] for r in expected]
 
     fast = score("wide", date.today())
     fast_scores = {k: v[0] for k, v in published(conn, "wide").items()}
@@ -42,7 +49,7 @@ def test_wide_numeric_sources_take_the_binary_path_and_score_the_same_as_csv(db_
 
     conn.execute("alter table demo.wide alter column f05 drop not null")
     conn.execute("update demo.wide set f05 = null where entity_id = 17")
-    assert copy_out_fixed(conn, features_query(wide_job), {"as_of": date.today()}, layout) is None
+    assert read_numeric_block(conn, *query, "entity_id", list(wide_job.features)) is None
     slow = score("wide", date.today())
 
     assert slow["rows_scored"] == 3000

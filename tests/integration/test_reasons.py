@@ -1,0 +1,49 @@
+"""Reasons per row: every published row says which features drove its score, in plain jsonb."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlpipe.settings import Settings
+from mlpipe.spec import load_job
+from tests.helpers import TODAY, score
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+
+def test_published_rows_carry_their_top_reasons(db_url, conn):
+    score("churn", TODAY)
+    spec = load_job("churn", Settings())
+    names = set(spec.features) | set(spec.derived)
+    rows = conn.execute("select entity_id, score, reasons from predictions.churn order by score").fetchall()
+    assert len(rows) > 1000
+    for _, _, reasons in rows:
+        assert len(reasons) == 3 and {r["feature"] for r in reasons} <= names
+        sizes = [abs(r["contribution"]) for r in reasons]
+        assert sizes == sorted(sizes, reverse=True), "largest first"
+
+    fit = conn.execute(
+        "select m.reference -> 'explainer' ->> 'r2' from mlpipe.models m"
+        " join mlpipe.model_aliases a using (model_id) where a.job = 'churn' and a.alias = 'champion'"
+    ).fetchone()[0]
+    assert float(fit) > 0.8, "the surrogate follows the model on validation rows"
+
+    # The reasons explain the score: the riskiest tenth is pushed up, the safest tenth down.
+    first = np.array([r[2][0]["contribution"] for r in rows])
+    tenth = len(rows) // 10
+    assert (first[-tenth:] > 0).mean() > 0.8
+    assert (first[:tenth] < 0).mean() > 0.8
+
+
+def test_reasons_for_text_keys(db_url, conn):
+    score("titanic", TODAY)
+    reasons = [r[0] for r in conn.execute("select reasons from predictions.titanic")]
+    assert reasons and all(len(r) == 2 for r in reasons)
+    assert {r[0]["feature"] for r in reasons} <= set(load_job("titanic", Settings()).features)
+
+
+def test_reasons_need_a_model_trained_with_them(db_url, conn):
+    conn.execute("update mlpipe.models set reference = reference - 'explainer' where job = 'churn'")
+    with pytest.raises(Exception, match=r"outputs\.reasons needs a model trained with reasons support"):
+        score("churn", TODAY)
