@@ -85,11 +85,14 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         if done is not None:  # written by an attempt that crashed later, or by a resumed run
             return done
         frame = read_features(conn, spec, ctx.as_of, chunk, ctx.numeric_block)
+        rows_in = len(frame)
         reasons = find_bad_rows(frame, spec)
         bad = reasons.notna().to_numpy()
+        rejected = (frame[spec.entity.key][bad], reasons[bad]) if bad.any() else None
         good = frame[~bad] if bad.any() else frame
         matrix = to_matrix(good, spec)
         keys = good[spec.entity.key].to_numpy()
+        del frame, good  # the raw values are no longer needed: half the chunk's memory
         missing = validate.missing_report(
             matrix, keys, ctx.model.feature_schema["columns"], ctx.model.reference["features"]
         )
@@ -99,8 +102,8 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
                 _write(conn, ctx, ctx.table, keys, scores, ctx.model, matrix)
             else:
                 scores = _write_with_challenger(conn, ctx, chunk, keys, matrix, scores)
-            if bad.any():
-                _quarantine(conn, ctx.run_id, frame[bad][spec.entity.key], reasons[bad])
+            if rejected is not None:
+                _quarantine(conn, ctx.run_id, *rejected)
             seconds = time.monotonic() - started
             summary = {
                 "histogram": np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0].tolist(),
@@ -117,15 +120,15 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
                     chunk.chunk_no,
                     _text(chunk.key_lo),
                     _text(chunk.key_hi),
-                    len(frame),
-                    len(good),
+                    rows_in,
+                    len(keys),
                     int(bad.sum()),
                     seconds,
                     Jsonb(summary),
                     f"{socket.gethostname()}:{os.getpid()}",
                 ],
             )
-    return ChunkResult(chunk.chunk_no, len(frame), len(good), int(bad.sum()), seconds, **_renamed(summary))
+    return ChunkResult(chunk.chunk_no, rows_in, len(keys), int(bad.sum()), seconds, **_renamed(summary))
 
 
 def _renamed(summary: dict) -> dict:

@@ -112,17 +112,22 @@ def copy_in_csv(conn: psycopg.Connection, schema: str, table: str, data: pa.Tabl
     _write_blocks(conn, statement, buffer.getbuffer())
 
 
-def prediction_rows_binary(
+def prediction_rows_binary(*args, **kwargs) -> bytes:
+    """The complete binary COPY payload for `prediction_rows` (header, rows, trailer)."""
+    return _BINARY_HEADER + prediction_rows(*args, **kwargs).tobytes() + _BINARY_TRAILER
+
+
+def prediction_rows(
     keys: np.ndarray,
     score: np.ndarray,
     decision: np.ndarray,
     percentile: np.ndarray,
     model_version: str | None = None,
     reasons: np.ndarray | None = None,
-) -> bytes:
-    """Binary COPY payload for (bigint key, float8, bool, float4[, text][, jsonb]) rows, built as one
-    numpy record array: every field is fixed-width (the text is one constant, the reasons are padded
-    JSON of one width), so no Python runs per row."""
+) -> np.ndarray:
+    """Binary COPY rows for (bigint key, float8, bool, float4[, text][, jsonb]), as one numpy record
+    array: every field is fixed-width (the text is one constant, the reasons are padded JSON of one
+    width), so no Python runs per row."""
     fields = [
         ("fields", ">i2"),
         ("key_len", ">i4"), ("key", ">i8"),
@@ -145,7 +150,7 @@ def prediction_rows_binary(
         rows["version_len"], rows["version"] = len(version), version
     if reasons is not None:
         rows["reasons_len"], rows["reasons_format"], rows["reasons"] = reasons.shape[1] + 1, 1, reasons
-    return _BINARY_HEADER + rows.tobytes() + _BINARY_TRAILER
+    return rows
 
 
 def copy_predictions(
@@ -168,10 +173,11 @@ def copy_predictions(
         sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
     if keys.dtype.kind in "iu":
-        payload = prediction_rows_binary(
-            keys.astype(np.int64), score, decision, percentile, model_version, reasons
-        )
-        _write_blocks(conn, statement, memoryview(payload))
+        rows = prediction_rows(keys.astype(np.int64), score, decision, percentile, model_version, reasons)
+        with conn.cursor().copy(statement) as copy:
+            copy.write(_BINARY_HEADER)
+            _write_view(copy, memoryview(rows).cast("B"))
+            copy.write(_BINARY_TRAILER)
         return
     # Text keys are variable-width; psycopg's C row writer is the fast path for them.
     with conn.cursor().copy(statement) as copy:
@@ -189,8 +195,12 @@ def copy_predictions(
 
 def _write_blocks(conn: psycopg.Connection, statement: sql.Composable, view: memoryview) -> None:
     with conn.cursor().copy(statement) as copy:
-        for offset in range(0, len(view), _WRITE_BLOCK):
-            copy.write(view[offset : offset + _WRITE_BLOCK])
+        _write_view(copy, view)
+
+
+def _write_view(copy, view: memoryview) -> None:
+    for offset in range(0, len(view), _WRITE_BLOCK):
+        copy.write(view[offset : offset + _WRITE_BLOCK])
 
 
 # Source types the numeric block path reads, by type OID: smallint, integer, bigint, double precision.
@@ -214,12 +224,13 @@ def read_numeric_block(
         # Parallel workers would ship partial arrays between processes: slower for a chunk.
         cursor.execute("set local max_parallel_workers_per_gather = 0")
         cursor.execute(statement, params)
-        result = cursor.pgresult
-        rows = int.from_bytes(result.get_value(0, 0), "big", signed=True)
-        if rows == 0:
-            return np.empty(0, dtype=np.int64), np.empty((0, len(columns)), dtype=np.float64)
-        keys = _array_elements(result.get_value(0, 1), ">i8", (rows,))
-        matrix = _array_elements(result.get_value(0, 2), ">f8", (rows, len(columns)))
+        rows, raw_keys, raw_matrix = (cursor.pgresult.get_value(0, i) for i in range(3))
+    # The result is freed here: at most one raw copy and one converted copy live at a time.
+    rows = int.from_bytes(rows, "big", signed=True)
+    if rows == 0:
+        return np.empty(0, dtype=np.int64), np.empty((0, len(columns)), dtype=np.float64)
+    keys = _array_elements(raw_keys, ">i8", (rows,))
+    matrix = _array_elements(raw_matrix, ">f8", (rows, len(columns)))
     if keys is None or matrix is None:
         return None
     return keys.astype(np.int64), matrix.astype(np.float64)

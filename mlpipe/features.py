@@ -83,18 +83,22 @@ def find_bad_rows(frame: pd.DataFrame, spec: JobSpec) -> pd.Series:
 def _screen(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
     """Rows that some feature check could flag (a superset of the bad rows)."""
     suspect = np.zeros(len(frame), dtype=bool)
-    numeric = {name: f for name, f in spec.features.items() if f.kind == "numeric"}
-    if numeric:
-        values = frame[list(numeric)].to_numpy(dtype=np.float64, na_value=np.nan)
-        low = np.array([-np.inf if f.min is None else f.min for f in numeric.values()])
-        high = np.array([np.inf if f.max is None else f.max for f in numeric.values()])
-        reject = np.array([f.missing == "reject" for f in numeric.values()])
+    for name, feature in spec.features.items():
+        if feature.kind != "numeric":
+            continue
+        column = frame[name]
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)  # a view for float64 columns
         with np.errstate(invalid="ignore"):
-            flagged = np.isinf(values) | (values < low) | (values > high)
+            suspect |= np.isinf(values)
+            if feature.min is not None:
+                suspect |= values < feature.min
+            if feature.max is not None:
+                suspect |= values > feature.max
         missing = np.isnan(values)
-        suspect |= (flagged | (missing & reject)).any(axis=1)
-        # A NaN that pandas does not call missing (a nullable column) is "not a finite number".
-        suspect |= missing.any(axis=1) & ~frame[list(numeric)].isna().to_numpy().any(axis=1)
+        if feature.missing == "reject":
+            suspect |= missing
+        elif column.dtype.kind != "f":  # a NaN that pandas does not call missing: not a finite number
+            suspect |= missing & column.notna().to_numpy()
     for name, feature in spec.features.items():
         if feature.kind == "numeric":
             continue
@@ -155,8 +159,11 @@ def to_matrix(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
     if zero_filled:  # derived functions see the same cleaned values as the model
         frame = frame.assign(**zero_filled)
     if all(f.kind == "numeric" for f in spec.features.values()):
-        # One pass for all inputs (the numeric block path's frame is a single float64 block).
-        parts = [frame[list(spec.features)].to_numpy(dtype=np.float32, na_value=np.nan)]
+        # Filled column by column: no intermediate copy of the whole frame.
+        numbers = np.empty((len(frame), len(spec.features)), dtype=np.float32)
+        for j, name in enumerate(spec.features):
+            numbers[:, j] = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        parts = [numbers]
     else:
         parts = []
         for name, feature in spec.features.items():

@@ -20,7 +20,11 @@ class Settings(BaseSettings):
     artifacts_dir: Path | None = Field(default=None, description="Model artifact store; may be shared.")
     jobs_path: list[Path] = Field(default_factory=list, description="Extra folders holding job specs.")
     workers: int = Field(default=2, ge=1, description="Chunk tasks run at once (thread runner).")
-    chunk_rows: int = Field(default=200_000, ge=100, description="Entities per scoring chunk.")
+    chunk_rows: int = Field(
+        default=100_000,
+        ge=100,
+        description="Entities per scoring chunk (memory follows it, not the population).",
+    )
     dask_address: str | None = Field(default=None, description="Run chunk tasks on this Dask scheduler.")
     lock_timeout_ms: int = Field(default=200, ge=1, description="Publish waits this long for readers.")
     publish_retries: int = Field(default=50, ge=1, description="Publish attempts before giving up.")
