@@ -68,9 +68,8 @@ def check_source_columns(
 def find_bad_rows(frame: pd.DataFrame, spec: JobSpec) -> pd.Series:
     """The reason each row cannot be scored, or None; first failing check wins.
 
-    A cheap screen over all numeric inputs at once finds the rows any check could flag; the checks
-    that name a reason then run on those rows only (usually none), so a clean chunk costs a few
-    passes over one matrix instead of several per feature."""
+    A cheap screen (a few vectorized comparisons per input, no strings) finds the rows any check
+    could flag; the checks that name a reason then run on those rows only, usually none."""
     key = frame[spec.entity.key]
     duplicated = (key.duplicated(keep=False) & key.notna()).to_numpy()
     suspect = key.isna().to_numpy() | duplicated | _screen(frame, spec)

@@ -315,7 +315,9 @@ class ScoringRun:
                 self._output_gate(results, histogram)
             finally:
                 self.timings["gate_s"] = round(time.monotonic() - gated, 3)
-                indexing.result()
+                index_error = indexing.exception()  # waits; a gate failure is the one to report
+        if index_error is not None:
+            raise index_error
         swap = time.monotonic()
         moved = publish.publish(
             self.conn,
