@@ -26,7 +26,9 @@ class Settings(BaseSettings):
         description="Entities per scoring chunk (memory follows it, not the population).",
     )
     dask_address: str | None = Field(default=None, description="Run chunk tasks on this Dask scheduler.")
-    lock_timeout_ms: int = Field(default=200, ge=1, description="Publish waits this long for readers.")
+    lock_timeout_ms: int = Field(
+        default=50, ge=1, description="Publish waits this long for readers (and new lookups wait on it)."
+    )
     publish_retries: int = Field(default=50, ge=1, description="Publish attempts before giving up.")
 
     @property

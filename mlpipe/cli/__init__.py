@@ -188,6 +188,8 @@ def lookup(
         )
     out = Table(title=f"predictions.{table}", show_header=False)
     for name, value in zip(names, row, strict=True):
+        if name == "reasons" and isinstance(value, list):  # log-odds pushed up (+) or down (-)
+            value = ", ".join(f"{r['feature']} {r['contribution']:+.3f}" for r in value)
         out.add_row(name, str(value))
     console.print(out)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -41,6 +42,7 @@ def test_titanic_trains_scores_and_publishes_by_text_key(db_url, conn):
         env={**__import__("os").environ, "COLUMNS": "200"},
     )
     assert name in out.stdout and str(rows[name][0])[:8] in out.stdout
+    assert re.search(r"reasons\s.*[a-z_]+ [+-]\d\.\d{3}, [a-z_]+ [+-]\d\.\d{3}", out.stdout), out.stdout
 
 
 def test_a_missing_category_is_quarantined_when_the_spec_rejects_it(conn):
