@@ -63,7 +63,8 @@ def _data_source():
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
             # GX announces its temporary docs folder at INFO on every start: not news for operators.
-            logging.getLogger("great_expectations").setLevel(logging.WARNING)
+            # That module sets its own logger to INFO when imported (above), so set it after.
+            logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
             context = gx.get_context(mode="ephemeral")
             context.variables.progress_bars = ProgressBarsConfig(globally=False)
             _source = context.data_sources.add_pandas("mlpipe")

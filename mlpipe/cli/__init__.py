@@ -42,6 +42,14 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not os.environ.get("MLPIPE_VERBOSE"):
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        import prefect  # noqa: F401 (configures Prefect's logging first; the filter goes on after)
+
+        # A known error ends the command with one clear line; Prefect would print its traceback first.
+        logging.getLogger("prefect.flow_runs").addFilter(_not_a_known_error)
+
+
+def _not_a_known_error(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], MlpipeError))
 
 
 def main() -> None:

@@ -55,6 +55,7 @@ def test_missing_source_table_is_named(db_url, conn):
     out = mlpipe("score")
     assert out.returncode == 1
     assert 'relation "demo.customers" does not exist' in out.stderr
+    assert 'File "' not in out.stderr, "the error inside the flow is one line, not a traceback"
 
 
 def test_db_status_url_and_models(db_url):
