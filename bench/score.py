@@ -375,7 +375,8 @@ def main() -> None:
             )
         if explain:
             print(
-                "\nexplaining one chunk (rows/s): " + ", ".join(f"{k} {v:,.3g}" for k, v in explain.items())
+                "\nexplaining one chunk (rows/s): "
+                + ", ".join(f"{k} {v if v is None else format(v, ',.3g')}" for k, v in explain.items())
             )
     print(json.dumps({**runs[0], "shape": args.shape, "runs": runs}))
 
@@ -413,7 +414,7 @@ def summarize(size: int, results: dict, generate_s: float, train_s: float, expla
     if "naive" in results:
         out["speedup"] = round(rate("mlpipe") / rate("naive"), 2)
     if explain:
-        out["explain"] = {k: round(v, 3) for k, v in explain.items()}
+        out["explain"] = {k: None if v is None else round(v, 3) for k, v in explain.items()}
     return out
 
 

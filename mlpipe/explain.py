@@ -13,6 +13,7 @@ split) is stored with it, so a poor fit is visible rather than silent.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class Surrogate:
     groups: np.ndarray  # for each model input, the index of its feature
     edges: list[np.ndarray]  # per input: inner bin edges
     values: list[np.ndarray]  # per input: step value per bin, then the value for missing
-    r2: float
+    r2: float | None  # None when the validation rows cannot tell (too few, or a constant model)
 
     @classmethod
     def fit(cls, matrix: np.ndarray, logit: np.ndarray, columns: list[str], validation: tuple) -> Surrogate:
@@ -59,13 +60,13 @@ class Surrogate:
         x_val, logit_val = validation
         return cls(features, groups, edges, values, r2=fitted.r2_on(x_val, logit_val))
 
-    def r2_on(self, matrix: np.ndarray, logit: np.ndarray) -> float:
+    def r2_on(self, matrix: np.ndarray, logit: np.ndarray) -> float | None:
         if len(matrix) < 2:
-            return float("nan")
+            return None
         predicted = self.contributions(matrix).sum(axis=1)
         centred = logit - logit.mean()
         total = float(np.sum(centred**2))
-        return 1.0 - float(np.sum((centred - predicted) ** 2)) / total if total > 0 else float("nan")
+        return 1.0 - float(np.sum((centred - predicted) ** 2)) / total if total > 0 else None
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """(rows, features) contributions in log-odds, float32."""
@@ -75,11 +76,11 @@ class Surrogate:
             out[self.groups[j]] += values[np.searchsorted(edges, matrix[:, j], side="right")]
         return out.T
 
-    @property
+    @cached_property
     def _search_edges(self) -> list[np.ndarray]:
         return [np.append(e, np.inf).astype(np.float32) for e in self.edges]
 
-    @property
+    @cached_property
     def _values32(self) -> list[np.ndarray]:
         return [v.astype(np.float32) for v in self.values]
 
