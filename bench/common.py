@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def scratch() -> tuple[Path, str]:
-    """(a fresh home folder, a database URL): MLPIPE_DATABASE_URL if set (its demo schema will be
-    replaced), else an embedded PostgreSQL in the home folder, deleted when the benchmark exits."""
+    """(a fresh home folder, a migrated database's URL): MLPIPE_DATABASE_URL if set (its demo schema
+    will be replaced), else an embedded PostgreSQL in the home folder, deleted when the benchmark exits."""
     home = Path(tempfile.mkdtemp(prefix="mlpipe-bench-"))
     url = os.environ.get("MLPIPE_DATABASE_URL")
     if not url:
@@ -18,4 +18,7 @@ def scratch() -> tuple[Path, str]:
             warnings.simplefilter("ignore")
             import pgserver
         url = pgserver.get_server(home / "pgdata", cleanup_mode="delete").get_uri()
+    from mlpipe.db import migrate
+
+    migrate(url)
     return home, url

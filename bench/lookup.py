@@ -135,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.common import scratch
-    from mlpipe.db import connect, migrate
+    from mlpipe.db import connect
     from mlpipe.publish import ensure_job_tables
     from mlpipe.settings import Settings
     from mlpipe.spec import load_job
@@ -143,7 +143,6 @@ def main() -> None:
     home, url = scratch()
     settings = Settings(database_url=url, home=home)
     spec = load_job("churn", settings)
-    migrate(url)
     conn = connect(url, autocommit=True)
     ensure_job_tables(conn, spec)
     keys = np.arange(1, args.entities + 1, dtype=np.int64)

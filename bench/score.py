@@ -326,7 +326,6 @@ def main() -> None:
         return
 
     from bench.common import scratch
-    from mlpipe.db import migrate
     from mlpipe.settings import Settings
 
     home, url = scratch()
@@ -341,7 +340,6 @@ def main() -> None:
     if args.chunk_rows:
         env["MLPIPE_CHUNK_ROWS"] = str(args.chunk_rows)
     settings = Settings(database_url=url, home=home)
-    migrate(url)
     if args.shape == "demo":  # the demo model trains on the world it scores
         print(f"generating {args.entities[0]:,} customers ...", flush=True)
         generate_s = fill("demo", url, args.entities[0], args.seed)

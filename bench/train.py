@@ -31,7 +31,7 @@ def main() -> None:
 
     from bench.common import scratch
     from mlpipe import train
-    from mlpipe.db import connection, migrate
+    from mlpipe.db import connection
     from mlpipe.demo import world
     from mlpipe.settings import Settings
     from mlpipe.spec import load_job
@@ -39,7 +39,6 @@ def main() -> None:
     home, url = scratch()
     settings = Settings(database_url=url, home=home)
     spec = load_job("churn", settings)
-    migrate(url)
     entities = int(args.labeled_rows / LABELED_ROWS_PER_ENTITY)
     print(f"generating {entities:,} customers for ~{args.labeled_rows:,} labeled rows ...", flush=True)
     with connection(url) as conn:

@@ -220,7 +220,8 @@ def read_numeric_block(
     statement = sql.SQL(
         "select count(*), array_agg(source.{}::bigint), array_agg(array[{}]) from ({}) as source"
     ).format(sql.Identifier(key), values, query)
-    with conn.cursor(binary=True) as cursor:
+    # In a transaction (a savepoint when one is open) so that SET LOCAL applies on any connection.
+    with conn.transaction(), conn.cursor(binary=True) as cursor:
         # Parallel workers would ship partial arrays between processes: slower for a chunk.
         cursor.execute("set local max_parallel_workers_per_gather = 0")
         cursor.execute(statement, params)

@@ -12,7 +12,7 @@ split) is stored with it, so a poor fit is visible rather than silent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -56,9 +56,8 @@ class Surrogate:
         names = feature_groups(columns)
         features = list(dict.fromkeys(names))
         groups = np.array([features.index(n) for n in names])
-        fitted = cls(features, groups, edges, values, r2=0.0)
-        x_val, logit_val = validation
-        return cls(features, groups, edges, values, r2=fitted.r2_on(x_val, logit_val))
+        fitted = cls(features, groups, edges, values, r2=None)
+        return replace(fitted, r2=fitted.r2_on(*validation))
 
     def r2_on(self, matrix: np.ndarray, logit: np.ndarray) -> float | None:
         if len(matrix) < 2:

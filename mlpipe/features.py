@@ -83,9 +83,13 @@ def _screen(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
     """Rows that some feature check could flag (a superset of the bad rows)."""
     suspect = np.zeros(len(frame), dtype=bool)
     for name, feature in spec.features.items():
-        if feature.kind != "numeric":
-            continue
         column = frame[name]
+        if feature.kind != "numeric":
+            if feature.missing == "reject":
+                suspect |= column.isna().to_numpy()
+            if feature.kind == "categorical" and feature.unknown == "reject":
+                suspect |= (column.notna() & ~column.isin(feature.categories)).to_numpy()
+            continue
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)  # a view for float64 columns
         with np.errstate(invalid="ignore"):
             suspect |= np.isinf(values)
@@ -98,14 +102,6 @@ def _screen(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
             suspect |= missing
         elif column.dtype.kind != "f":  # a NaN that pandas does not call missing: not a finite number
             suspect |= missing & column.notna().to_numpy()
-    for name, feature in spec.features.items():
-        if feature.kind == "numeric":
-            continue
-        column = frame[name]
-        if feature.missing == "reject":
-            suspect |= column.isna().to_numpy()
-        if feature.kind == "categorical" and feature.unknown == "reject":
-            suspect |= (column.notna() & ~column.isin(feature.categories)).to_numpy()
     return suspect
 
 
