@@ -15,6 +15,7 @@ from typing import Literal, TypeVar
 import psycopg
 from psycopg import errors, sql
 
+from mlpipe import runs
 from mlpipe.errors import PublishTimeoutError, UsageError
 from mlpipe.spec import JobSpec
 
@@ -119,6 +120,24 @@ def drop_run_table(conn: psycopg.Connection, table: str | None) -> None:
         conn.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(DATA_SCHEMA, table)))
 
 
+def run_table_exists(conn: psycopg.Connection, table: str) -> bool:
+    """Whether a run's table is still there (a crashed run's, before it is resumed or dropped)."""
+    found = conn.execute("select to_regclass(%s)", [f"{DATA_SCHEMA}.{table}"]).fetchone()[0]
+    return found is not None
+
+
+def newest_published_day(conn: psycopg.Connection, spec: JobSpec) -> date | None:
+    return conn.execute(
+        "select max(as_of) from mlpipe.partitions where job = %s and kind = 'published'", [spec.name]
+    ).fetchone()[0]
+
+
+def view_shows(conn: psycopg.Connection, spec: JobSpec, run_id: int) -> bool:
+    """Whether predictions.<job> shows this run's day."""
+    live = conn.execute("select run_id from mlpipe.live_views where job = %s", [spec.name]).fetchone()
+    return live is not None and live[0] == run_id
+
+
 def _retrying(
     conn: psycopg.Connection, what: str, lock_timeout_ms: int, attempts: int, action: Callable[[], T]
 ) -> T:
@@ -168,9 +187,7 @@ def publish(
         # The newest day moves the view; so does re-running the day a rollback pointed it back to.
         moves_view = newest is None or as_of >= newest or as_of == live
         replaced = _attach(conn, spec, as_of, run_id, table, "published")
-        conn.execute(
-            "update mlpipe.runs set status = 'published', finished_at = now() where run_id = %s", [run_id]
-        )
+        runs.mark_published(conn, run_id)
         if moves_view:
             _point_view(conn, spec, as_of, run_id, table, f"published run {run_id}")
         drop_run_table(conn, replaced)  # after the view has left it, when it was the live day

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import socket
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -13,12 +11,12 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import psycopg
-from psycopg.types.json import Jsonb
 from sklearn.model_selection import train_test_split
 
 import mlpipe
-from mlpipe import artifacts, behaviour, explain, registry
+from mlpipe import artifacts, behaviour, explain, registry, runs
 from mlpipe.candidates import calibrate, search
+from mlpipe.errors import RunLockedError, SourceError
 from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
 from mlpipe.extract import plan_chunks, read_features, read_labels
 from mlpipe.features import baseline_values, find_bad_rows, matrix_columns, to_matrix
@@ -86,7 +84,10 @@ def build_training_set(conn: psycopg.Connection, spec: JobSpec, as_of: date, chu
     frame = pd.concat(frames, ignore_index=True).sort_values(["cutoff", spec.entity.key], kind="stable")
     frame = frame.reset_index(drop=True)
     if frame.empty or frame["label"].nunique() < 2:
-        raise ValueError(f"job {spec.name}: the training set as of {as_of} has no rows of both labels")
+        raise SourceError(
+            f"job {spec.name}: the training set as of {as_of} has {len(frame)} labeled rows, not rows of "
+            "both labels; check the labels SQL and the cutoffs (training.cutoffs, horizon_days)"
+        )
     labels = frame["label"].to_numpy(dtype=np.int64)
     if spec.history:
         split = np.where(frame["cutoff"] == cutoffs[-1], "test", "train")
@@ -148,32 +149,40 @@ def feature_reference(data: TrainingSet, columns: list[str]) -> dict:
 
 
 def train(conn: psycopg.Connection, settings: Settings, spec: JobSpec, as_of: date) -> TrainResult:
-    """Build the training set, fit and evaluate every candidate, register the best, promote by rule."""
+    """Build the training set, fit and evaluate every candidate, register the best, promote by rule.
+
+    One training of a job at a time (an advisory lock held on `conn`); a training run that died
+    without finishing is marked abandoned when the next one starts, and any exit of this one
+    (an error, Ctrl-C, SIGTERM) marks it failed."""
     started = time.monotonic()
     deadline = started + spec.training.time_budget_s
-    run_id = conn.execute(
-        """insert into mlpipe.runs (job, kind, as_of, status, host, pid)
-           values (%s, 'train', %s, 'running', %s, %s) returning run_id""",
-        [spec.name, as_of, socket.gethostname(), os.getpid()],
-    ).fetchone()[0]
+    if not runs.try_lock(conn, "train", spec.name):
+        raise RunLockedError(
+            f"{runs.lock_holder(conn, 'train', spec.name)} is already training {spec.name}; "
+            "wait for it to finish (`mlpipe runs`) and run again"
+        )
+    for dead in runs.crashed(conn, "train", spec.name):
+        runs.abandon(conn, dead.run_id)
+        log.warning("training run %s of %s died without finishing; marked abandoned", dead.run_id, spec.name)
+    run_id = runs.start(conn, "train", spec.name, as_of)
     conn.commit()
     try:
         result = _train(conn, settings, spec, as_of, run_id, deadline)
-    except Exception as exc:
-        conn.rollback()
-        conn.execute(
-            "update mlpipe.runs set status = 'failed', error = %s, finished_at = now() where run_id = %s",
-            [f"{type(exc).__name__}: {exc}", run_id],
-        )
-        conn.commit()
+    except BaseException as exc:
+        _mark_failed(conn, run_id, exc)
         raise
-    conn.execute(
-        """update mlpipe.runs set status = 'succeeded', model_id = %s, finished_at = now(),
-               timings = %s where run_id = %s""",
-        [result.model.model_id, Jsonb({"total_s": round(time.monotonic() - started, 3)}), run_id],
-    )
+    runs.succeed(conn, run_id, result.model.model_id, {"total_s": round(time.monotonic() - started, 3)})
     conn.commit()
     return result
+
+
+def _mark_failed(conn: psycopg.Connection, run_id: int, exc: BaseException) -> None:
+    try:
+        conn.rollback()
+        runs.fail(conn, run_id, exc)
+        conn.commit()
+    except psycopg.OperationalError as db_down:  # left running: the next training abandons it
+        log.warning("could not mark training run %s failed: %s", run_id, db_down)
 
 
 def _train(conn, settings: Settings, spec: JobSpec, as_of: date, run_id: int, deadline: float) -> TrainResult:

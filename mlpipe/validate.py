@@ -1,9 +1,10 @@
 """Gates with Great Expectations: a cheap per-chunk feature check and the output gate before publish.
 
-GX validates pandas frames. At 10M rows neither gate reads the whole output: the chunk check runs on a
-seeded sample of each chunk's model inputs, and the output gate on per-chunk summaries (counts, score
-range, nulls) and the score distribution against the previous published run. A failure names the
-expectation and, where rows are to blame, a sample of their keys.
+GX validates pandas frames. At 10M rows neither gate reads the whole output: each chunk reduces its
+whole model-input matrix to a few numpy figures (missing share per input), and the output gate judges
+the per-chunk summaries (counts, score range, those figures) and the score distribution against the
+previous published run. A failure names the expectation and, where rows are to blame, a sample of their
+keys. Non-finite scores never reach the gate: each chunk refuses them before writing (mlpipe.chunks).
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
+import psycopg
+from psycopg import sql
 
+from mlpipe import publish, runs
 from mlpipe.errors import MlpipeError, RunFailedError
+from mlpipe.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +151,8 @@ def check_output(
     psi: float | None,
     max_psi: float,
 ) -> list[Failure]:
-    """The output gate on per-chunk summaries: complete, quarantine within bounds, scores in [0, 1]
-    with no nulls, no input missing far more often than in training in any chunk, and the score
+    """The output gate on per-chunk summaries: complete, quarantine within bounds, scores in [0, 1],
+    no input missing far more often than in training in any chunk, and the score
     distribution close enough to the previous published run."""
     import great_expectations as gx
 
@@ -158,7 +164,6 @@ def check_output(
         gx.expectations.ExpectColumnSumToBeBetween(
             column="rows_quarantined", max_value=max_quarantine_rate * rows_in
         ),
-        gx.expectations.ExpectColumnSumToBeBetween(column="null_scores", max_value=0),
     ]
     scored = chunks[chunks["rows_scored"] > 0]
     if len(scored):
@@ -180,3 +185,87 @@ def check_output(
             [gx.expectations.ExpectColumnValuesToBeBetween(column="score_psi", max_value=max_psi)],
         )
     return failures
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What the output gate judges: plain data the scoring run hands over."""
+
+    spec: JobSpec
+    as_of: date
+    run_id: int
+    table: str  # the run's table in the data schema
+    population: int
+    chunks: list  # ChunkResult-like: rows_in, rows_scored, rows_quarantined, min/max_score, missing
+    histogram: list[int]
+
+
+def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
+    """Judge a run's output before publish, record the outcome on the run, and raise GateFailed
+    (naming a few offending keys) if anything is wrong. Returns the recorded gate results."""
+    chunks = pd.DataFrame(
+        [
+            {
+                "rows_in": r.rows_in,
+                "rows_scored": r.rows_scored,
+                "rows_quarantined": r.rows_quarantined,
+                "min_score": r.min_score,
+                "max_score": r.max_score,
+            }
+            for r in out.chunks
+        ],
+        columns=["rows_in", "rows_scored", "rows_quarantined", "min_score", "max_score"],
+    )
+    previous = runs.previous_score_histogram(conn, out.spec.name, out.as_of, out.run_id)
+    psi = population_stability(out.histogram, previous) if previous else None
+    missing = _missing_frame(out.chunks)
+    outputs = out.spec.outputs
+    failures = check_output(
+        chunks, missing, out.population, outputs.max_quarantine_rate, psi, outputs.max_score_psi
+    )
+    gates = {"passed": not failures, "failures": [str(f) for f in failures], "score_psi": psi}
+    runs.record_gates(conn, out.run_id, gates)
+    if failures:
+        raise GateFailed(
+            f"the output gate of run {out.run_id} ({out.spec.name} {out.as_of})",
+            failures,
+            _offending_keys(conn, out, failures, missing),
+        )
+    return gates
+
+
+def _missing_frame(chunks: list) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "chunk_no": r.chunk_no,
+                "column": name,
+                "missing_over_allowance": m["share"] - m["allowed"],
+                "sample_keys": m.get("sample_keys", []),
+            }
+            for r in chunks
+            for name, m in (r.missing or {}).items()
+        ],
+        columns=["chunk_no", "column", "missing_over_allowance", "sample_keys"],
+    )
+
+
+def _offending_keys(conn: psycopg.Connection, out: RunOutput, failures: list, missing: pd.DataFrame) -> list:
+    """Where an operator should look first: the worst chunk's keys, quarantined keys, or unscored ones."""
+    columns = {f.column for f in failures}
+    if "missing_over_allowance" in columns:
+        worst = missing.sort_values("missing_over_allowance", ascending=False).iloc[0]
+        return [f"{worst['column']} missing in chunk {worst['chunk_no']}", *worst["sample_keys"]]
+    if "rows_quarantined" in columns:
+        return runs.quarantined_keys(conn, out.run_id)
+    if "rows_in" in columns or "rows_scored" in columns:
+        query = sql.SQL(
+            "select p.{key} from ({population}) as p where not exists "
+            "(select from {table} t where t.entity_id = p.{key}) order by 1 limit 5"
+        ).format(
+            key=sql.Identifier(out.spec.entity.key),
+            population=sql.SQL(out.spec.sql("population")),
+            table=sql.Identifier(publish.DATA_SCHEMA, out.table),
+        )
+        return [r[0] for r in conn.execute(query, {"as_of": out.as_of})]
+    return []

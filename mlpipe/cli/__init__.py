@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mlpipe import db
+from mlpipe import runs as run_records
 from mlpipe.cli.common import (
     AsOfOption,
     JobOption,
@@ -46,10 +47,16 @@ def _quiet_prefect() -> None:
 
         # A known error ends the command with one clear line; Prefect would print its traceback first.
         logging.getLogger("prefect.flow_runs").addFilter(_not_a_known_error)
+        # A failed task is reported again by its flow run (with the traceback of an unknown error).
+        logging.getLogger("prefect.task_runs").addFilter(_not_a_task_failure)
 
 
 def _not_a_known_error(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], MlpipeError))
+
+
+def _not_a_task_failure(record: logging.LogRecord) -> bool:
+    return _not_a_known_error(record) and not record.getMessage().startswith("Finished in state Failed")
 
 
 def main() -> None:
@@ -62,7 +69,9 @@ def main() -> None:
     try:
         app()
     except MlpipeError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # One line, never wrapped: a database's own message may carry a second line pointing at SQL.
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
@@ -210,15 +219,7 @@ def runs(
     """Recent training and scoring runs with their counts, model and outcome."""
     _, url, spec = prepare(job)
     with db.connection(url) as conn:
-        rows = conn.execute(
-            """select r.run_id, r.job, r.kind, r.as_of, r.status, m.model_version, r.population,
-                      r.rows_scored, r.rows_quarantined,
-                      extract(epoch from r.finished_at - r.started_at), r.error
-               from mlpipe.runs r left join mlpipe.models m using (model_id)
-               where %(job)s::text is null or r.job = %(job)s
-               order by r.run_id desc limit %(limit)s""",
-            {"job": spec.name if spec else None, "limit": limit},
-        ).fetchall()
+        rows = run_records.recent(conn, spec.name if spec else None, limit)
     out = Table("run", "job", "kind", "as of", "status", "model", "population", "scored", "quarantined")
     out.add_column("seconds")
     out.add_column("error")
