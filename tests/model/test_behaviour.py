@@ -39,13 +39,24 @@ def test_more_failed_payments_never_lower_churn_risk(champion):
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_an_irrelevant_field_does_not_move_the_score(conn):
+def test_flipping_marketing_opt_in_in_the_source_barely_moves_published_scores(conn, champion):
+    """End to end on an input the model receives and the spec declares invariant: the flip in
+    demo.customers reaches the features the job reads, and the published scores hardly move."""
+    spec, version, _, before_features = champion
+    assert "is_marketing_opt_in" in version.feature_schema["columns"], "an input the model receives"
     score("churn", days_ago(1))
     before = {k: v[0] for k, v in published(conn).items()}
-    conn.execute("update demo.customers set country = case country when 'de' then 'fr' else 'de' end")
+    conn.execute("update demo.customers set is_marketing_opt_in = not is_marketing_opt_in")
+    after_features = read_features(conn, spec, days_ago(1))
+    flipped = before_features.merge(after_features, on="customer_id", suffixes=("", "_after"))
+    assert len(flipped) == len(before_features) > 100
+    assert (flipped["is_marketing_opt_in"] != flipped["is_marketing_opt_in_after"]).all()
+
     score("churn", days_ago(1))
     after = {k: v[0] for k, v in published(conn).items()}
-    assert after == before
+    assert after.keys() == before.keys()
+    moved = np.abs(np.array([after[k] - before[k] for k in before]))
+    assert np.quantile(moved, 0.99) <= spec.model.behaviour.invariant["is_marketing_opt_in"]
 
 
 def test_flipping_marketing_opt_in_barely_moves_the_score(champion):
