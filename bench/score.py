@@ -81,7 +81,7 @@ def worker_naive(day: date, job: str) -> dict:
     engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     started = time.perf_counter()
     frame = pd.read_sql(query, engine, params={"as_of": day})
-    scores = model.load().predict(to_matrix(frame, spec))
+    scores = model.load().predict_proba(to_matrix(frame, spec))
     out = pd.DataFrame(
         {
             "entity_id": frame[spec.entity.key],
@@ -211,7 +211,7 @@ def worker_explain(day: date, job: str) -> dict:
         return rows / (time.perf_counter() - started)
 
     out = {
-        "predict_rows_per_s": rate(len(matrix), model.predict),
+        "predict_rows_per_s": rate(len(matrix), model.predict_proba),
         "reasons_rows_per_s": rate(len(matrix), lambda m: writer.encode(surrogate.contributions(m))),
         "surrogate_r2": version.reference["explainer"]["r2"],
     }

@@ -23,7 +23,7 @@ def check(model: ScoringModel, frame: pd.DataFrame, spec: JobSpec, seed: int) ->
     """Run every check on (a seeded sample of) raw rows; returns {"passed", "checks": [...]}."""
     rng = np.random.default_rng(seed)
     rows = frame.sample(n=min(SAMPLE_ROWS, len(frame)), random_state=seed) if len(frame) else frame
-    base = model.predict(to_matrix(rows, spec))
+    base = model.predict_proba(to_matrix(rows, spec))
     checks = []
     for name, tolerance in spec.model.behaviour.invariant.items():
         changed = rows.copy()
@@ -31,7 +31,7 @@ def check(model: ScoringModel, frame: pd.DataFrame, spec: JobSpec, seed: int) ->
             changed[name] = rows[name].map({True: False, False: True})
         else:
             changed[name] = rng.permutation(rows[name].to_numpy())
-        moved = np.abs(model.predict(to_matrix(changed, spec)) - base)
+        moved = np.abs(model.predict_proba(to_matrix(changed, spec)) - base)
         p99 = float(np.quantile(moved, 0.99)) if len(moved) else 0.0
         checks.append(
             {
@@ -48,7 +48,7 @@ def check(model: ScoringModel, frame: pd.DataFrame, spec: JobSpec, seed: int) ->
         raised = rows.copy()
         values = rows[name].to_numpy(dtype=float, na_value=np.nan) + step
         raised[name] = np.minimum(values, feature.max) if feature.max is not None else values
-        delta = (model.predict(to_matrix(raised, spec)) - base) * sign
+        delta = (model.predict_proba(to_matrix(raised, spec)) - base) * sign
         wrong = int((delta < -TOLERANCE).sum())
         checks.append(
             {

@@ -6,18 +6,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import xgboost as xgb
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from mlpipe import artifacts
+from mlpipe import algorithms, artifacts
 from mlpipe.evaluate import probability_metrics
 from mlpipe.spec import Candidate, JobSpec
+from mlpipe.trainingset import TrainingSet
 
 # Calibration is applied only when it lowers the Brier score on held-out rows by this share.
 MIN_BRIER_GAIN = 0.005
@@ -29,16 +25,6 @@ class SearchResult:
     params: dict
     validation: dict
     tried: list[dict] = field(default_factory=list)
-
-
-class _Deadline(xgb.callback.TrainingCallback):
-    """Stop boosting when the candidate's share of the time budget runs out."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def after_iteration(self, model, epoch, evals_log) -> bool:
-        return time.monotonic() > self.deadline
 
 
 def configurations(candidate: Candidate, iterations: int, seed: int) -> list[dict]:
@@ -55,74 +41,9 @@ def configurations(candidate: Candidate, iterations: int, seed: int) -> list[dic
     return configs
 
 
-def fit(
-    algorithm: str,
-    params: dict,
-    x_train,
-    y_train,
-    x_valid,
-    y_valid,
-    columns: list[str],
-    seed: int,
-    monotone: list[int],
-    deadline: float,
-) -> artifacts.ScoringModel:
-    """Fit one configuration; boosted trees stop early on the validation split."""
-    params = dict(params)
-    if algorithm == "logistic_regression":
-        pipeline = make_pipeline(
-            SimpleImputer(strategy="median", keep_empty_features=True),
-            StandardScaler(),
-            LogisticRegression(C=float(params.get("C", 1.0)), max_iter=2000),
-        )
-        pipeline.fit(x_train, y_train)
-        imputer, scaler, logistic = (step for _, step in pipeline.steps)
-        return artifacts.LinearModel(
-            columns=columns,
-            impute=imputer.statistics_.astype(np.float64),
-            mean=scaler.mean_.astype(np.float64),
-            scale=scaler.scale_.astype(np.float64),
-            coef=logistic.coef_[0].astype(np.float64),
-            intercept=float(logistic.intercept_[0]),
-        )
-    if algorithm == "hist_gradient_boosting":
-        estimator = HistGradientBoostingClassifier(
-            learning_rate=float(params.get("learning_rate", 0.1)),
-            max_iter=int(params.get("max_iter", 300)),
-            max_leaf_nodes=int(params.get("max_leaf_nodes", 31)),
-            min_samples_leaf=int(params.get("min_samples_leaf", 20)),
-            l2_regularization=float(params.get("l2_regularization", 0.0)),
-            monotonic_cst=monotone,
-            early_stopping=True,
-            n_iter_no_change=int(params.get("n_iter_no_change", 20)),
-            random_state=seed,
-        )
-        estimator.fit(x_train, y_train, X_val=x_valid, y_val=y_valid)
-        return artifacts.SklearnModel(columns=columns, estimator=estimator)
-    rounds = int(params.pop("num_boost_round", 500))
-    patience = int(params.pop("early_stopping_rounds", 30))
-    booster = xgb.train(
-        {
-            "objective": "binary:logistic",
-            "eval_metric": "logloss",
-            "tree_method": "hist",
-            "seed": seed,
-            "monotone_constraints": "(" + ",".join(str(m) for m in monotone) + ")",
-            **params,
-        },
-        xgb.DMatrix(x_train, label=y_train),
-        num_boost_round=rounds,
-        evals=[(xgb.DMatrix(x_valid, label=y_valid), "validation")],
-        early_stopping_rounds=patience,
-        callbacks=[_Deadline(deadline)],
-        verbose_eval=False,
-    )
-    if booster.best_iteration is not None and booster.best_iteration + 1 < booster.num_boosted_rounds():
-        booster = booster[: booster.best_iteration + 1]
-    return artifacts.XGBoostModel(columns=columns, booster=booster)
-
-
-def search(candidate: Candidate, spec: JobSpec, data, columns: list[str], deadline: float) -> SearchResult:
+def search(
+    candidate: Candidate, spec: JobSpec, data: TrainingSet, columns: list[str], deadline: float
+) -> SearchResult:
     """Try the candidate's configurations (at least one) until the deadline; keep the best on
     validation by the job's metric."""
     x_train, y_train = data.part("train")
@@ -130,25 +51,18 @@ def search(candidate: Candidate, spec: JobSpec, data, columns: list[str], deadli
     signs = spec.monotone_columns()
     monotone = [signs.get(c, 0) for c in columns]
     metric = spec.model.metric
+    algorithm = algorithms.get(candidate.algorithm)
+    inputs = algorithms.FitInput(
+        x_train, y_train, x_valid, y_valid, columns, spec.training.seed, monotone, deadline
+    )
     best: SearchResult | None = None
     tried = []
     for params in configurations(candidate, spec.model.search_iterations, spec.training.seed):
         if best is not None and time.monotonic() > deadline:
             break
         started = time.monotonic()
-        model = fit(
-            candidate.algorithm,
-            params,
-            x_train,
-            y_train,
-            x_valid,
-            y_valid,
-            columns,
-            spec.training.seed,
-            monotone,
-            deadline,
-        )
-        validation = probability_metrics(y_valid, model.predict(x_valid))
+        model = algorithm.fit(params, inputs)
+        validation = probability_metrics(y_valid, model.predict_proba(x_valid))
         tried.append(
             {"params": params, metric: validation[metric], "seconds": round(time.monotonic() - started, 2)}
         )
@@ -158,11 +72,13 @@ def search(candidate: Candidate, spec: JobSpec, data, columns: list[str], deadli
     return best
 
 
-def calibrate(model: artifacts.ScoringModel, data, seed: int) -> tuple[artifacts.ScoringModel, dict]:
+def calibrate(
+    model: artifacts.ScoringModel, data: TrainingSet, seed: int
+) -> tuple[artifacts.ScoringModel, dict]:
     """Fit Platt and isotonic maps on one half of the validation split, judge them on the other, and
     apply the better one (refit on all of validation) only if it lowers the Brier score."""
     x_valid, y_valid = data.part("validation")
-    raw = model.predict(x_valid)
+    raw = model.predict_proba(x_valid)
     halves = np.random.default_rng(seed).permutation(len(y_valid)) % 2 == 0
     fit_part, judge_part = halves, ~halves
     before = float(brier_score_loss(y_valid[judge_part], raw[judge_part]))
@@ -189,9 +105,7 @@ def calibrate(model: artifacts.ScoringModel, data, seed: int) -> tuple[artifacts
 
 
 def _platt(scores: np.ndarray, labels: np.ndarray) -> artifacts.Calibration:
-    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
-    logit = np.log(clipped / (1 - clipped)).reshape(-1, 1)
-    fitted = LogisticRegression(C=1e6, max_iter=1000).fit(logit, labels)
+    fitted = LogisticRegression(C=1e6, max_iter=1000).fit(artifacts.logit(scores).reshape(-1, 1), labels)
     return artifacts.Calibration(
         "sigmoid", {"a": float(fitted.coef_[0][0]), "b": float(fitted.intercept_[0])}
     )

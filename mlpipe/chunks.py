@@ -146,7 +146,7 @@ def _finished(conn, run_id: int, chunk: Chunk) -> ChunkResult | None:
 
 
 def _predict(model, matrix: np.ndarray, version: ModelVersion, chunk: Chunk) -> np.ndarray:
-    scores = model.predict(matrix) if len(matrix) else np.empty(0)
+    scores = model.predict_proba(matrix) if len(matrix) else np.empty(0)
     if not np.isfinite(scores).all():
         raise RunFailedError(
             f"model {version.model_version} produced non-finite scores in chunk {chunk.chunk_no}"

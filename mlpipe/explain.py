@@ -17,6 +17,8 @@ from functools import cached_property
 
 import numpy as np
 
+from mlpipe.artifacts import logit
+
 BINS = 16
 SWEEPS = 12
 FIT_ROWS = 200_000
@@ -119,11 +121,6 @@ def _bin(column: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return index
 
 
-def logit(scores: np.ndarray) -> np.ndarray:
-    clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(clipped / (1 - clipped))
-
-
 class ReasonWriter:
     """Top-k reasons per row as fixed-width jsonb text, built with numpy (no Python per row):
 
@@ -181,13 +178,15 @@ class ReasonWriter:
         return out
 
 
-def fit_for(predict, x_train: np.ndarray, x_validation: np.ndarray, columns: list[str], seed: int) -> dict:
-    """Fit the surrogate of a trained model (`predict` gives probabilities) on up to FIT_ROWS training
+def fit_for(
+    predict_proba, x_train: np.ndarray, x_validation: np.ndarray, columns: list[str], seed: int
+) -> dict:
+    """Fit the surrogate of a trained model (`predict_proba` gives probabilities) on up to FIT_ROWS training
     rows; R^2 measured on the validation split. Returns what the registry stores."""
     rng = np.random.default_rng(seed)
     if len(x_train) > FIT_ROWS:
         x_train = x_train[np.sort(rng.choice(len(x_train), FIT_ROWS, replace=False))]
     surrogate = Surrogate.fit(
-        x_train, logit(predict(x_train)), columns, (x_validation, logit(predict(x_validation)))
+        x_train, logit(predict_proba(x_train)), columns, (x_validation, logit(predict_proba(x_validation)))
     )
     return surrogate.as_dict()

@@ -96,20 +96,22 @@ def get(
     return ModelVersion(**row)
 
 
-def champion(conn: psycopg.Connection, job: str) -> ModelVersion | None:
-    """The current champion, or None."""
+def aliased(conn: psycopg.Connection, job: str, alias: str) -> ModelVersion | None:
+    """The model an alias ("champion", "challenger") points at, or None."""
     row = conn.execute(
-        "select model_id from mlpipe.model_aliases where job = %s and alias = 'champion'", [job]
+        "select model_id from mlpipe.model_aliases where job = %s and alias = %s", [job, alias]
     ).fetchone()
     return get(conn, job, model_id=row[0]) if row else None
+
+
+def champion(conn: psycopg.Connection, job: str) -> ModelVersion | None:
+    """The current champion, or None."""
+    return aliased(conn, job, "champion")
 
 
 def challenger(conn: psycopg.Connection, job: str) -> ModelVersion | None:
     """The current challenger, or None."""
-    row = conn.execute(
-        "select model_id from mlpipe.model_aliases where job = %s and alias = 'challenger'", [job]
-    ).fetchone()
-    return get(conn, job, model_id=row[0]) if row else None
+    return aliased(conn, job, "challenger")
 
 
 def resolve(conn: psycopg.Connection, job: str, model_version: str | None) -> ModelVersion:

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
     @property
     def artifact_store(self) -> Path:
-        """Folder that holds model artifacts (one subfolder per job and version)."""
+        """Folder that holds model artifacts: <job>/<sha256>.<suffix>, never overwritten."""
         return self.artifacts_dir or self.home / "artifacts"
 
     @property

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlpipe.algorithms import ALGORITHMS
 from mlpipe.errors import SpecError
 from mlpipe.resources import resource_dir
 from mlpipe.settings import Settings
@@ -99,11 +100,18 @@ Param = float | int | str
 
 class Candidate(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
-    algorithm: Literal["logistic_regression", "xgboost", "hist_gradient_boosting"]
+    algorithm: str = Field(description="One of mlpipe.algorithms.ALGORITHMS.")
     params: dict[str, Param] = Field(default_factory=dict)
     search: dict[str, list[Param]] = Field(
         default_factory=dict, description="Values to sample from (randomized search, seeded)."
     )
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {value!r}; use one of {', '.join(ALGORITHMS)}")
+        return value
 
 
 class Promotion(_Strict):

@@ -6,43 +6,23 @@ import logging
 import platform
 import time
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
-import pandas as pd
 import psycopg
-from sklearn.model_selection import train_test_split
 
 import mlpipe
 from mlpipe import artifacts, behaviour, explain, registry, runs
 from mlpipe.candidates import calibrate, search
-from mlpipe.errors import RunLockedError, SourceError
+from mlpipe.errors import RunLockedError
 from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
-from mlpipe.extract import plan_chunks, read_features, read_labels
-from mlpipe.features import baseline_values, find_bad_rows, matrix_columns, to_matrix
+from mlpipe.features import baseline_values, matrix_columns
 from mlpipe.registry import ModelVersion
 from mlpipe.settings import Settings
 from mlpipe.spec import JobSpec
+from mlpipe.trainingset import TrainingSet, build_training_set
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
-
-
-@dataclass
-class TrainingSet:
-    """Checked, labeled rows with their split; `matrix` rows align with `frame` rows."""
-
-    frame: pd.DataFrame
-    matrix: np.ndarray
-    labels: np.ndarray
-    split: np.ndarray
-    window: dict
-    counts: dict
-
-    def part(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        mask = self.split == name
-        return self.matrix[mask], self.labels[mask]
 
 
 @dataclass(frozen=True)
@@ -52,79 +32,6 @@ class TrainResult:
     decision: dict
     metrics: dict
     run_id: int
-
-
-def cutoffs_for(spec: JobSpec, as_of: date) -> list[date]:
-    """Past cutoffs whose label window has fully matured by as_of, oldest first."""
-    newest = as_of - timedelta(days=spec.training.horizon_days)
-    step = timedelta(days=spec.training.cutoff_every_days)
-    return sorted(newest - k * step for k in range(spec.training.cutoffs))
-
-
-def build_training_set(conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk_rows: int) -> TrainingSet:
-    """Features as of each cutoff (with the scoring code) joined to the labels that followed it.
-
-    History jobs split by time: older cutoffs train, the next validates, the newest is the
-    out-of-time test. Snapshot jobs use one seeded, stratified split."""
-    cutoffs = cutoffs_for(spec, as_of) if spec.history else [as_of]
-    frames, counts = [], {"feature_rows": 0, "quarantined": 0, "unlabeled": 0}
-    for cutoff in cutoffs:
-        _, chunks = plan_chunks(conn, spec, cutoff, chunk_rows)
-        raw = pd.concat([read_features(conn, spec, cutoff, chunk) for chunk in chunks], ignore_index=True)
-        bad = find_bad_rows(raw, spec).notna()
-        labels = read_labels(conn, spec, cutoff)
-        rows = raw[~bad.to_numpy()].merge(labels, on=spec.entity.key, how="left")
-        unlabeled = rows["label"].isna()
-        counts["feature_rows"] += len(raw)
-        counts["quarantined"] += int(bad.sum())
-        counts["unlabeled"] += int(unlabeled.sum())
-        frames.append(rows[~unlabeled].assign(cutoff=cutoff))
-    # SQL returns rows in no particular order (and chunking changes it): sort, so that the same data
-    # always gives the same training set, split and artifact.
-    frame = pd.concat(frames, ignore_index=True).sort_values(["cutoff", spec.entity.key], kind="stable")
-    frame = frame.reset_index(drop=True)
-    if frame.empty or frame["label"].nunique() < 2:
-        raise SourceError(
-            f"job {spec.name}: the training set as of {as_of} has {len(frame)} labeled rows, not rows of "
-            "both labels; check the labels SQL and the cutoffs (training.cutoffs, horizon_days)"
-        )
-    labels = frame["label"].to_numpy(dtype=np.int64)
-    if spec.history:
-        split = np.where(frame["cutoff"] == cutoffs[-1], "test", "train")
-        split = np.where(frame["cutoff"] == cutoffs[-2], "validation", split)
-        window = {
-            "kind": "time",
-            "cutoffs": [c.isoformat() for c in cutoffs],
-            "horizon_days": spec.training.horizon_days,
-            "train": [c.isoformat() for c in cutoffs[:-2]],
-            "validation": cutoffs[-2].isoformat(),
-            "test": cutoffs[-1].isoformat(),
-        }
-    else:
-        split = _stratified_split(labels, spec)
-        window = {
-            "kind": "stratified",
-            "seed": spec.training.seed,
-            "as_of": as_of.isoformat(),
-            "validation_share": spec.training.validation_share,
-            "test_share": spec.training.test_share,
-        }
-    counts.update({name: int((split == name).sum()) for name in SPLITS})
-    return TrainingSet(frame, to_matrix(frame, spec), labels, split, window, counts)
-
-
-def _stratified_split(labels: np.ndarray, spec: JobSpec) -> np.ndarray:
-    index = np.arange(len(labels))
-    rest, test = train_test_split(
-        index, test_size=spec.training.test_share, stratify=labels, random_state=spec.training.seed
-    )
-    share = spec.training.validation_share / (1 - spec.training.test_share)
-    train, validation = train_test_split(
-        rest, test_size=share, stratify=labels[rest], random_state=spec.training.seed
-    )
-    split = np.empty(len(labels), dtype=object)
-    split[train], split[validation], split[test] = "train", "validation", "test"
-    return split.astype(str)
 
 
 def score_reference(scores: np.ndarray) -> list[float]:
@@ -195,12 +102,12 @@ def _train(conn, settings: Settings, spec: JobSpec, as_of: date, run_id: int, de
     model, calibration_report = models[best], {"chosen": "none", "reason": "calibration: none in the spec"}
     if spec.model.calibration == "auto":
         model, calibration_report = calibrate(model, data, spec.training.seed)
-    test = probability_metrics(y_test, model.predict(x_test))
+    test = probability_metrics(y_test, model.predict_proba(x_test))
 
     current = registry.champion(conn, spec.name)
     champion_test = None
     if current is not None and current.feature_schema.get("columns") == columns:
-        champion_test = probability_metrics(y_test, current.load().predict(x_test))
+        champion_test = probability_metrics(y_test, current.load().predict_proba(x_test))
     decision = decide_promotion(spec, test, baseline, champion_test)
     if current is not None and champion_test is None:
         decision["reasons"].append(f"champion {current.model_version} uses other features: not comparable")
@@ -247,7 +154,7 @@ def _fit_candidates(
             "params": found.params,
             "search": found.tried,
             "validation": found.validation,
-            "test": probability_metrics(y_test, found.model.predict(x_test)),
+            "test": probability_metrics(y_test, found.model.predict_proba(x_test)),
             "behaviour": behaviour.check(found.model, test_frame, spec, spec.training.seed),
         }
     return models, report
@@ -273,12 +180,7 @@ def _register(
 ) -> ModelVersion:
     """Save the artifact and write its registry row with everything needed to trace a score back."""
     version = registry.next_version(conn, spec.name)
-    suffix = {"xgboost": "ubj", "logistic_regression": "json", "hist_gradient_boosting": "pkl"}[
-        model.algorithm
-    ]
-    uri, sha256 = artifacts.save(
-        model, settings.artifact_store / spec.name, f"{spec.name}-v{version}.{suffix}"
-    )
+    uri, sha256 = artifacts.save(model, settings.artifact_store / spec.name)
     columns = matrix_columns(spec)
     x_test, _ = data.part("test")
     chosen = metrics["candidates"][metrics["chosen"]]
@@ -301,10 +203,10 @@ def _register(
             "training_window": data.window,
             "row_counts": data.counts,
             "reference": {
-                "scores": score_reference(model.predict(x_test)),
+                "scores": score_reference(model.predict_proba(x_test)),
                 "features": feature_reference(data, columns),
                 "explainer": explain.fit_for(
-                    model.predict,
+                    model.predict_proba,
                     data.part("train")[0],
                     data.part("validation")[0],
                     columns,

@@ -9,7 +9,7 @@ import pytest
 from flows.train import train_flow
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
-from mlpipe.train import cutoffs_for
+from mlpipe.trainingset import cutoffs_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

@@ -10,7 +10,7 @@ import pytest
 from mlpipe.db import connection
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
-from mlpipe.train import build_training_set, cutoffs_for
+from mlpipe.trainingset import build_training_set, cutoffs_for
 
 pytestmark = [pytest.mark.integration]
 

@@ -28,30 +28,43 @@ def champion(db_url):
 
 def test_more_failed_payments_never_lower_churn_risk(champion):
     spec, version, model, frame = champion
-    base = model.predict(to_matrix(frame, spec))
+    base = model.predict_proba(to_matrix(frame, spec))
     for extra in (1, 2, 5):
         # everything else held equal: the same payments, more of them failed
         worse = frame.assign(payments_failed_90d=frame["payments_failed_90d"] + extra)
-        moved = model.predict(to_matrix(worse, spec)) - base
+        moved = model.predict_proba(to_matrix(worse, spec)) - base
         safer = int((moved < -1e-9).sum())
         assert safer == 0, f"{safer} customers got safer with {extra} more failures"
     assert version.feature_schema["columns"], "the check ran on the registered model"
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_an_irrelevant_field_does_not_move_the_score(conn):
+def test_flipping_marketing_opt_in_in_the_source_barely_moves_published_scores(conn, champion):
+    """End to end on an input the model receives and the spec declares invariant: the flip in
+    demo.customers reaches the features the job reads, and the published scores hardly move."""
+    spec, version, _, before_features = champion
+    assert "is_marketing_opt_in" in version.feature_schema["columns"], "an input the model receives"
     score("churn", days_ago(1))
     before = {k: v[0] for k, v in published(conn).items()}
-    conn.execute("update demo.customers set country = case country when 'de' then 'fr' else 'de' end")
+    conn.execute("update demo.customers set is_marketing_opt_in = not is_marketing_opt_in")
+    after_features = read_features(conn, spec, days_ago(1))
+    flipped = before_features.merge(after_features, on="customer_id", suffixes=("", "_after"))
+    assert len(flipped) == len(before_features) > 100
+    assert (flipped["is_marketing_opt_in"] != flipped["is_marketing_opt_in_after"]).all()
+
     score("churn", days_ago(1))
     after = {k: v[0] for k, v in published(conn).items()}
-    assert after == before
+    assert after.keys() == before.keys()
+    moved = np.abs(np.array([after[k] - before[k] for k in before]))
+    assert np.quantile(moved, 0.99) <= spec.model.behaviour.invariant["is_marketing_opt_in"]
 
 
 def test_flipping_marketing_opt_in_barely_moves_the_score(champion):
     spec, _, model, frame = champion
-    base = model.predict(to_matrix(frame, spec))
-    flipped = model.predict(to_matrix(frame.assign(is_marketing_opt_in=~frame["is_marketing_opt_in"]), spec))
+    base = model.predict_proba(to_matrix(frame, spec))
+    flipped = model.predict_proba(
+        to_matrix(frame.assign(is_marketing_opt_in=~frame["is_marketing_opt_in"]), spec)
+    )
     assert np.quantile(np.abs(flipped - base), 0.99) <= spec.model.behaviour.invariant["is_marketing_opt_in"]
 
 
@@ -100,7 +113,7 @@ def test_hand_written_cases(champion):
             ),
         ]
     )
-    engaged, fading, new = model.predict(to_matrix(cases, spec))
+    engaged, fading, new = model.predict_proba(to_matrix(cases, spec))
     assert fading > 2 * engaged
     assert fading > spec.outputs.threshold > engaged
     assert 0.0 < new < 1.0

@@ -11,7 +11,7 @@ from mlpipe import registry
 from mlpipe.db import connection
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
-from mlpipe.train import build_training_set
+from mlpipe.trainingset import build_training_set
 from tests.helpers import published, score
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("prefect_api")]
@@ -28,7 +28,7 @@ def test_rows_scored_in_evaluation_and_in_daily_scoring_get_identical_scores(db_
     evaluated = dict(
         zip(
             data.frame.loc[test_rows, "customer_id"],
-            champion.load().predict(data.matrix[test_rows]),
+            champion.load().predict_proba(data.matrix[test_rows]),
             strict=True,
         )
     )
