@@ -1,0 +1,105 @@
+"""Drift as statistics on histograms: reference bins fixed at training, counted while scoring.
+
+Each model input gets reference bins when the model is trained: numeric inputs 10 quantile bins of
+the train split plus missing, below-range and above-range bins; categorical inputs one bin per
+category plus missing and unknown. A scoring chunk counts its rows into those bins (vectorized, in
+the same pass), the run keeps the sums, and drift is PSI and Jensen-Shannon distance between two
+such count vectors, so no day is ever read back to measure it.
+
+Bin layout of a count vector: numeric [missing, below, inner..., above]; categorical
+[missing, unknown, category...].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.spatial.distance import jensenshannon
+
+QUANTILE_BINS = 10
+MISSING, BELOW, UNKNOWN = 0, 1, 1
+SCORE = "score"
+SCORE_EDGES = np.linspace(0.0, 1.0, 21).tolist()
+
+
+def numeric_reference(values: np.ndarray) -> dict:
+    """Quantile edges of the non-missing training values, and the training counts in them."""
+    present = values[~np.isnan(values)]
+    if len(present) == 0:
+        edges = [0.0, 0.0]
+    else:
+        edges = np.unique(np.quantile(present, np.linspace(0, 1, QUANTILE_BINS + 1))).tolist()
+        edges = edges if len(edges) > 1 else edges * 2  # one value: one inner bin [v, v]
+    reference = {"kind": "numeric", "edges": edges}
+    return {**reference, "counts": count(reference, values).tolist()}
+
+
+def categorical_reference(values: np.ndarray, categories: list[str]) -> dict:
+    reference = {"kind": "categorical", "categories": list(categories)}
+    return {**reference, "counts": count(reference, values).tolist()}
+
+
+def score_reference(scores: np.ndarray) -> dict:
+    """The score's reference: 20 equal bins of [0, 1] over the out-of-time test scores."""
+    reference = {"kind": "numeric", "edges": SCORE_EDGES}
+    return {**reference, "counts": count(reference, scores).tolist()}
+
+
+def count(reference: dict, values) -> np.ndarray:
+    """Count values into a reference's bins (see the module docstring for the layout)."""
+    if reference["kind"] == "categorical":
+        categories = reference["categories"]
+        values = pd.Series(values, dtype=object)
+        codes = pd.Categorical(values, categories=categories).codes
+        bins = np.where(values.isna().to_numpy(), MISSING, np.where(codes < 0, UNKNOWN, codes + 2))
+        return np.bincount(bins, minlength=len(categories) + 2)
+    edges = np.asarray(reference["edges"], dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    inner = np.searchsorted(edges, values, side="right")  # 0: below; len(edges): at or above the top
+    inner = np.where(values == edges[-1], len(edges) - 1, inner)  # the top edge closes the last bin
+    bins = np.where(np.isnan(values), MISSING, inner + 1)
+    return np.bincount(bins, minlength=len(edges) + 2)
+
+
+def size(reference: dict) -> int:
+    """How many bins a reference's count vector has."""
+    if reference["kind"] == "categorical":
+        return len(reference["categories"]) + 2
+    return len(reference["edges"]) + 2
+
+
+def _shares(counts) -> np.ndarray:
+    # Half a count in every bin: an empty bin on one side must not make the statistic infinite.
+    counts = np.asarray(counts, dtype=np.float64) + 0.5
+    return counts / counts.sum()
+
+
+def psi(current, reference) -> float:
+    """Population stability index of two count vectors over the same bins (0: same; > 0.25: large)."""
+    p, q = _shares(current), _shares(reference)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def js_distance(current, reference) -> float:
+    """Jensen-Shannon distance (base 2: 0 same, 1 disjoint) of two count vectors."""
+    return float(jensenshannon(_shares(current), _shares(reference), base=2))
+
+
+def missing_share(counts) -> float:
+    counts = np.asarray(counts)
+    return float(counts[MISSING] / counts.sum()) if counts.sum() else 0.0
+
+
+def unknown_share(reference: dict, counts) -> float | None:
+    """Share of unknown categories (None for numeric inputs)."""
+    if reference["kind"] != "categorical":
+        return None
+    counts = np.asarray(counts)
+    return float(counts[UNKNOWN] / counts.sum()) if counts.sum() else 0.0
+
+
+def level(value: float | None, warn: float, fail: float) -> str:
+    """ok, warn or fail for a statistic against the job's thresholds."""
+    if value is None or value < warn:
+        return "ok"
+    return "fail" if value >= fail else "warn"
