@@ -35,6 +35,11 @@ class Sources(_Strict):
     population: str = Field(description="SQL file: one column (the key) for the entities to score at as_of.")
     features: str = Field(description="SQL file: the key and every raw feature column, as of as_of.")
     labels: str = Field(description="SQL file: the key and a 0/1 label for a cutoff and a horizon.")
+    outcomes: str | None = Field(
+        default=None,
+        description="SQL file: (key, outcome 0/1, observed_at) of outcomes that arrive from elsewhere; "
+        "the monitor then uses it instead of the labels SQL for ground truth.",
+    )
 
 
 class Feature(_Strict):
@@ -166,6 +171,33 @@ class Outputs(_Strict):
     )
 
 
+class Threshold(_Strict):
+    warn: float = Field(ge=0)
+    fail: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Threshold:
+        if self.warn > self.fail:
+            raise ValueError(f"warn ({self.warn}) must not be above fail ({self.fail})")
+        return self
+
+
+class Monitoring(_Strict):
+    drift: Threshold = Field(
+        default=Threshold(warn=0.1, fail=0.25),
+        description="PSI of an input (or the score) against the model's training reference.",
+    )
+    performance_drop: Threshold = Field(
+        default=Threshold(warn=0.05, fail=0.1),
+        description="How far the realized metric of a matured day may fall below the model's test figure.",
+    )
+    block_publish_on_drift: bool = Field(
+        default=False,
+        description="A fail-level drift stops the scoring run before publish (the previous day stays live); "
+        "otherwise the monitor alerts.",
+    )
+
+
 class JobSpec(_Strict):
     """A validated job spec; `folder` is where its SQL and Python files live."""
 
@@ -179,6 +211,7 @@ class JobSpec(_Strict):
     training: Training = Training()
     model: ModelSpec
     outputs: Outputs = Outputs()
+    monitoring: Monitoring = Monitoring()
     folder: Path = Field(exclude=True)
 
     @model_validator(mode="after")
@@ -212,8 +245,10 @@ class JobSpec(_Strict):
         declared = {**self.features, **self.derived}
         return {name: signs[f.monotone] for name, f in declared.items() if f.monotone}
 
-    def sql(self, source: Literal["population", "features", "labels"]) -> str:
+    def sql(self, source: Literal["population", "features", "labels", "outcomes"]) -> str:
         """The text of one of the job's SQL files."""
+        if getattr(self.sources, source) is None:
+            raise SpecError(self.name, f"sources.{source} is not declared")
         path = self.folder / getattr(self.sources, source)
         if not path.is_file():
             raise SpecError(self.name, f"sources.{source}: file {path} not found")
