@@ -16,7 +16,7 @@ from typing import Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
-Kind = Literal["score", "train"]
+Kind = Literal["score", "train", "monitor"]
 
 ABANDONED = "the process ended without finishing (crash or kill); not resumable"
 
@@ -33,8 +33,8 @@ class CrashedRun:
 
 
 def lock_key(kind: Kind, job: str, as_of: date | None) -> str:
-    # Training holds one lock per job (any day): two trainings of a job would race for the version.
-    return f"mlpipe.{kind}:{job}" if kind == "train" else f"mlpipe.{kind}:{job}:{as_of}"
+    # Training and the monitor hold one lock per job (any day): two of them would race for the same rows.
+    return f"mlpipe.{kind}:{job}" if kind in ("train", "monitor") else f"mlpipe.{kind}:{job}:{as_of}"
 
 
 def try_lock(conn: psycopg.Connection, kind: Kind, job: str, as_of: date | None = None) -> bool:
@@ -148,8 +148,8 @@ def mark_published(conn: psycopg.Connection, run_id: int) -> None:
     )
 
 
-def succeed(conn: psycopg.Connection, run_id: int, model_id: int, timings: dict) -> None:
-    """A training run that registered `model_id`."""
+def succeed(conn: psycopg.Connection, run_id: int, model_id: int | None, timings: dict) -> None:
+    """A run that finished: a training run with the version it registered, or a monitor run."""
     conn.execute(
         """update mlpipe.runs set status = 'succeeded', model_id = %s, finished_at = now(), timings = %s
            where run_id = %s""",

@@ -1,0 +1,380 @@
+"""The monitor: for every published day, drift from the run's histograms and performance from the
+day's outcomes once they have matured (estimated before), recorded in mlpipe.drift and
+mlpipe.performance; then the job's thresholds are applied to the newest figures.
+
+Each day is computed once per scoring run that published it (a re-scored day is computed again), and
+realized performance once more when its outcomes mature, so a daily monitor costs one day of work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import psycopg
+from psycopg import sql
+
+from mlpipe import drift, performance, runs
+from mlpipe.errors import MlpipeError, RunLockedError
+from mlpipe.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+class MonitorAlert(MlpipeError):
+    """A figure crossed the job's fail threshold."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # warn or fail
+    day: date
+    what: str  # "drift of sessions_30d" or "realized roc_auc"
+    value: float
+    threshold: float
+    detail: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.what} on {self.day} is {self.value:.3f}, at or past the job's {self.level} threshold "
+            f"{self.threshold:g} ({self.detail})"
+        )
+
+
+@dataclass(frozen=True)
+class PublishedDay:
+    as_of: date
+    run_id: int
+    model_id: int
+    model_version: str
+    test_metrics: dict
+    histograms: dict | None  # what the run counted
+    reference: dict | None  # the model's training bins
+    has_shadow: bool
+
+
+@dataclass
+class MonitorResult:
+    job: str
+    as_of: date
+    run_id: int
+    drift_days: list[date] = field(default_factory=list)
+    performance_days: list[date] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "fail"]
+
+
+def monitor(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> MonitorResult:
+    """Bring drift and performance up to date as of `as_of`, record them and judge the newest.
+    `conn` is an autocommit connection; the run holds the job's monitor lock on it."""
+    started = time.monotonic()
+    if not runs.try_lock(conn, "monitor", spec.name):
+        raise RunLockedError(
+            f"{runs.lock_holder(conn, 'monitor', spec.name)} is already monitoring {spec.name}; "
+            "wait for it to finish and run again"
+        )
+    for dead in runs.crashed(conn, "monitor", spec.name):
+        runs.abandon(conn, dead.run_id)
+    run_id = runs.start(conn, "monitor", spec.name, as_of)
+    result = MonitorResult(spec.name, as_of, run_id)
+    try:
+        days = published_days(conn, spec, as_of)
+        previous = None
+        for day in days:
+            if _record_drift(conn, spec, day, previous):
+                result.drift_days.append(day.as_of)
+            if _record_performance(conn, spec, day, as_of):
+                result.performance_days.append(day.as_of)
+            previous = day
+        result.findings = judge(conn, spec, as_of)
+        result.figures = key_figures(conn, spec, as_of)
+    except BaseException as exc:
+        runs.fail(conn, run_id, exc)
+        raise
+    timings = {"total_s": round(time.monotonic() - started, 3), "days": len(days)}
+    if result.failed:
+        runs.fail(conn, run_id, MonitorAlert(str(result.failed[0])))
+        runs.record_result(conn, run_id, timings)
+    else:
+        runs.succeed(conn, run_id, None, timings)
+    return result
+
+
+def raise_on_failure(result: MonitorResult) -> None:
+    """The first crossed fail threshold as one line (and how many more there are)."""
+    if result.failed:
+        more = len(result.failed) - 1
+        raise MonitorAlert(f"{result.failed[0]}" + (f"; and {more} more (see mlpipe.drift)" if more else ""))
+
+
+def published_days(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> list[PublishedDay]:
+    """Every published day up to `as_of`, oldest first, with its run's model and histograms."""
+    rows = conn.execute(
+        """select p.as_of, p.run_id, m.model_id, m.model_version, m.metrics -> 'test', r.input_histograms,
+                  m.reference -> 'histograms',
+                  exists (select from mlpipe.partitions s
+                          where s.job = p.job and s.kind = 'shadow' and s.as_of = p.as_of)
+           from mlpipe.partitions p join mlpipe.runs r using (run_id)
+           join mlpipe.models m on m.model_id = r.model_id
+           where p.job = %s and p.kind = 'published' and p.as_of <= %s order by p.as_of""",
+        [spec.name, as_of],
+    ).fetchall()
+    return [PublishedDay(*row) for row in rows]
+
+
+def _record_drift(conn, spec: JobSpec, day: PublishedDay, previous: PublishedDay | None) -> bool:
+    done = conn.execute(
+        "select 1 from mlpipe.drift where job = %s and as_of = %s and run_id = %s limit 1",
+        [spec.name, day.as_of, day.run_id],
+    ).fetchone()
+    if done or not day.histograms:
+        if not day.histograms:
+            log.warning(
+                "%s %s: run %s counted no histograms; no drift for that day", spec.name, day.as_of, day.run_id
+            )
+        return False
+    same_bins = previous is not None and previous.model_id == day.model_id and previous.histograms
+    reference, against = day.reference, "training"
+    if not reference:
+        if not same_bins:
+            log.warning(
+                "%s: model %s has no training histograms and no earlier day shares its bins: "
+                "no drift for %s; "
+                "retrain (`mlpipe train --job %s`) to monitor against training",
+                spec.name,
+                day.model_version,
+                day.as_of,
+                spec.name,
+            )
+            return False
+        log.warning(
+            "%s: model %s predates training histograms; drift of %s is measured against the previous day "
+            "(retrain to measure against training)",
+            spec.name,
+            day.model_version,
+            day.as_of,
+        )
+        reference = {name: {"counts": counts} for name, counts in previous.histograms.items()}
+        against = "previous day"
+    rows = []
+    for feature, counts in day.histograms.items():
+        bins = reference.get(feature)
+        if bins is None:
+            continue
+        before = previous.histograms.get(feature) if same_bins else None
+        psi = drift.psi(counts, bins["counts"])
+        rows.append(
+            (
+                spec.name,
+                day.as_of,
+                day.run_id,
+                feature,
+                psi,
+                drift.js_distance(counts, bins["counts"]),
+                before and drift.psi(counts, before),
+                before and drift.js_distance(counts, before),
+                drift.missing_share(counts),
+                drift.unknown_share(bins, counts) if "kind" in bins else None,
+                against,
+                drift.level(psi, spec.monitoring.drift.warn, spec.monitoring.drift.fail),
+            )
+        )
+    with conn.transaction():
+        conn.execute("delete from mlpipe.drift where job = %s and as_of = %s", [spec.name, day.as_of])
+        with conn.cursor() as cur:
+            cur.executemany(
+                """insert into mlpipe.drift (job, as_of, run_id, feature, psi_reference, js_reference,
+                       psi_previous, js_previous, missing_share, unknown_share, reference, level)
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                rows,
+            )
+    return True
+
+
+def _record_performance(conn, spec: JobSpec, day: PublishedDay, as_of: date) -> bool:
+    matured = day.as_of + timedelta(days=spec.training.horizon_days) <= as_of
+    done = conn.execute(
+        """select bool_and(matured) from mlpipe.performance
+           where job = %s and as_of = %s and run_id = %s""",
+        [spec.name, day.as_of, day.run_id],
+    ).fetchone()[0]
+    if done is not None and (done or not matured):
+        return False
+    outcomes = _outcomes(spec) if matured else None
+    rows = []
+    for kind in ("published", "shadow") if day.has_shadow else ("published",):
+        estimated = performance.estimated_bins(conn, spec, day.as_of, kind)
+        realized = {}
+        if outcomes is not None:
+            query, params = outcomes
+            realized = performance.realized_bins(conn, spec, day.as_of, query, params(day.as_of), kind)
+        for version, bins in estimated.items():
+            arm = (
+                "shadow" if kind == "shadow" else "champion" if version == day.model_version else "challenger"
+            )
+            figures = performance.estimated(bins)
+            if outcomes is None:
+                figures["unavailable"] = _why_not_realized(spec, matured)
+            elif version in realized:
+                figures.update(performance.realized(realized[version]))
+            else:
+                figures["unavailable"] = "no outcomes for the entities scored that day"
+            rows.append((version, arm, figures))
+    with conn.transaction():
+        conn.execute("delete from mlpipe.performance where job = %s and as_of = %s", [spec.name, day.as_of])
+        for version, arm, f in rows:
+            conn.execute(
+                """insert into mlpipe.performance (job, as_of, model_version, arm, run_id, n, matured,
+                       positives, roc_auc, roc_auc_lo, roc_auc_hi, pr_auc, log_loss, brier, calibration,
+                       mean_score, estimated_roc_auc, estimated_positive_rate, unavailable)
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                [
+                    spec.name,
+                    day.as_of,
+                    version,
+                    arm,
+                    day.run_id,
+                    f["n"],
+                    matured,
+                    f.get("positives"),
+                    f.get("roc_auc"),
+                    f.get("roc_auc_lo"),
+                    f.get("roc_auc_hi"),
+                    f.get("pr_auc"),
+                    f.get("log_loss"),
+                    f.get("brier"),
+                    psycopg.types.json.Jsonb(f["calibration"]) if f.get("calibration") else None,
+                    f["mean_score"],
+                    f["estimated_roc_auc"],
+                    f["estimated_positive_rate"],
+                    f.get("unavailable"),
+                ],
+            )
+    return True
+
+
+def _why_not_realized(spec: JobSpec, matured: bool) -> str:
+    if not matured:
+        return f"outcomes not matured yet (horizon {spec.training.horizon_days} days)"
+    return "the job has no outcomes: a snapshot job needs sources.outcomes for realized performance"
+
+
+def _outcomes(spec: JobSpec):
+    """(query, params for a day) of the (key, label) pairs for a day, or None when the job has none."""
+    horizon = spec.training.horizon_days
+    if spec.sources.outcomes:
+        query = sql.SQL(
+            """select {key}, max(outcome)::int as label from ({source}) as o
+               where observed_at >= %(cutoff)s::timestamptz
+                 and observed_at < %(cutoff)s::timestamptz + make_interval(days => %(horizon_days)s)
+               group by 1"""
+        ).format(key=sql.Identifier(spec.entity.key), source=sql.SQL(spec.sql("outcomes")))
+    elif spec.history:
+        query = sql.SQL(spec.sql("labels"))
+    else:
+        return None
+    return query, lambda day: {"cutoff": day, "as_of": day, "horizon_days": horizon}
+
+
+def judge(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> list[Finding]:
+    """The job's thresholds on the newest day's drift and the newest matured day's performance."""
+    findings = [
+        Finding(
+            level,
+            day,
+            f"drift of {feature}",
+            psi,
+            getattr(spec.monitoring.drift, level),
+            f"PSI against {reference}",
+        )
+        for day, feature, psi, level, reference in conn.execute(
+            """select as_of, feature, psi_reference, level, reference from mlpipe.drift
+               where job = %(job)s and level <> 'ok'
+                 and as_of = (select max(as_of) from mlpipe.drift where job = %(job)s and as_of <= %(as_of)s)
+               order by level = 'fail' desc, psi_reference desc""",
+            {"job": spec.name, "as_of": as_of},
+        )
+    ]
+    metric = spec.model.metric if spec.model.metric in ("roc_auc", "pr_auc") else "roc_auc"
+    row = conn.execute(
+        sql.SQL(
+            """select p.as_of, p.{metric}, m.metrics -> 'test' ->> {name}
+               from mlpipe.performance p
+               join mlpipe.models m on m.job = p.job and m.model_version = p.model_version
+               where p.job = %s and p.arm = 'champion' and p.matured and p.{metric} is not null
+                 and p.as_of <= %s
+               order by p.as_of desc limit 1"""
+        ).format(metric=sql.Identifier(metric), name=sql.Literal(metric)),
+        [spec.name, as_of],
+    ).fetchone()
+    if row and row[2] is not None:
+        drop = float(row[2]) - row[1]
+        level = drift.level(
+            drop, spec.monitoring.performance_drop.warn, spec.monitoring.performance_drop.fail
+        )
+        if level != "ok":
+            findings.append(
+                Finding(
+                    level,
+                    row[0],
+                    f"realized {metric} drop",
+                    drop,
+                    getattr(spec.monitoring.performance_drop, level),
+                    f"{row[1]:.3f} against {float(row[2]):.3f} on the model's test set",
+                )
+            )
+    return sorted(findings, key=lambda f: f.level != "fail")
+
+
+def key_figures(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> dict:
+    """The newest day's figures for artifacts and metrics."""
+    figures = {"job": spec.name, "as_of": as_of.isoformat()}
+    row = conn.execute(
+        """select p.as_of, r.run_id, r.population, r.rows_scored, r.rows_quarantined, r.gates ->> 'score_psi'
+           from mlpipe.partitions p join mlpipe.runs r using (run_id)
+           where p.job = %s and p.kind = 'published' and p.as_of <= %s order by p.as_of desc limit 1""",
+        [spec.name, as_of],
+    ).fetchone()
+    if row:
+        figures.update(
+            day=row[0].isoformat(),
+            run_id=row[1],
+            population=row[2],
+            rows_scored=row[3],
+            rows_quarantined=row[4],
+            score_psi_previous=row[5] and float(row[5]),
+        )
+    worst = conn.execute(
+        """select feature, psi_reference, level from mlpipe.drift where job = %(job)s and feature <> 'score'
+             and as_of = (select max(as_of) from mlpipe.drift where job = %(job)s and as_of <= %(as_of)s)
+           order by psi_reference desc limit 1""",
+        {"job": spec.name, "as_of": as_of},
+    ).fetchone()
+    if worst:
+        figures.update(worst_feature=worst[0], worst_feature_psi=worst[1], worst_feature_level=worst[2])
+    score = conn.execute(
+        """select psi_reference from mlpipe.drift where job = %s and feature = 'score' and as_of <= %s
+           order by as_of desc limit 1""",
+        [spec.name, as_of],
+    ).fetchone()
+    figures["score_psi_training"] = score and score[0]
+    realized = conn.execute(
+        """select as_of, roc_auc from mlpipe.performance where job = %s and arm = 'champion' and matured
+             and roc_auc is not null and as_of <= %s order by as_of desc limit 1""",
+        [spec.name, as_of],
+    ).fetchone()
+    if realized:
+        figures.update(realized_day=realized[0].isoformat(), realized_roc_auc=realized[1])
+    estimated = conn.execute(
+        """select estimated_roc_auc from mlpipe.performance where job = %s and arm = 'champion'
+             and as_of <= %s order by as_of desc limit 1""",
+        [spec.name, as_of],
+    ).fetchone()
+    figures["estimated_roc_auc"] = estimated and estimated[0]
+    return figures
