@@ -26,7 +26,7 @@ from mlpipe.db import connection
 from mlpipe.errors import RunFailedError
 from mlpipe.explain import ReasonWriter, Surrogate
 from mlpipe.extract import Chunk, read_features
-from mlpipe.features import find_bad_rows, to_matrix
+from mlpipe.features import entity_keys, find_bad_rows, to_matrix
 from mlpipe.registry import ModelVersion
 from mlpipe.settings import Settings
 from mlpipe.spec import JobSpec, load_job
@@ -91,7 +91,7 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         rejected = (frame[spec.entity.key][bad], reasons[bad]) if bad.any() else None
         good = frame[~bad] if bad.any() else frame
         matrix = to_matrix(good, spec)
-        keys = good[spec.entity.key].to_numpy()
+        keys = entity_keys(good, spec)
         del frame, good  # the raw values are no longer needed: half the chunk's memory
         missing = validate.missing_report(
             matrix, keys, ctx.model.feature_schema["columns"], ctx.model.reference["features"]
