@@ -185,14 +185,15 @@ def _write(
 
 
 def _reasons(version: ModelVersion, matrix: np.ndarray, k: int) -> np.ndarray:
-    surrogate, writer = _explainer(version, k)
+    surrogate, writer = explainer(version, k)
     return writer.encode(surrogate.contributions(matrix))
 
 
 _explainers: dict[tuple[int, int], tuple[Surrogate, ReasonWriter]] = {}
 
 
-def _explainer(version: ModelVersion, k: int) -> tuple[Surrogate, ReasonWriter]:
+def explainer(version: ModelVersion, k: int) -> tuple[Surrogate, ReasonWriter]:
+    """The model's reason surrogate and a writer of its top k reasons, built once per process."""
     # Per process, like the model itself: chunk tasks of a run share one (a race builds it twice).
     key = (version.model_id, k)
     if key not in _explainers:
