@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
 from mlpipe import publish, registry, validate
-from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext
+from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext, spec_digest
 from mlpipe.db import connect, connection
 from mlpipe.errors import RunLockedError, SpecError, UsageError
 from mlpipe.extract import Chunk, check_features_source, plan_chunks
@@ -108,8 +108,8 @@ class ScoringRun:
         conn, spec, as_of = self.conn, self.spec, self.as_of
         self.run_id = conn.execute(
             """insert into mlpipe.runs (job, kind, as_of, model_id, challenger_model_id, challenger_mode,
-                   status, host, pid)
-               values (%s, 'score', %s, %s, %s, %s, 'running', %s, %s) returning run_id""",
+                   status, host, pid, spec_digest)
+               values (%s, 'score', %s, %s, %s, %s, 'running', %s, %s, %s) returning run_id""",
             [
                 spec.name,
                 as_of,
@@ -118,6 +118,7 @@ class ScoringRun:
                 self._challenger_mode(),
                 socket.gethostname(),
                 os.getpid(),
+                spec_digest(spec),
             ],
         ).fetchone()[0]
         self.table = publish.create_run_table(conn, spec, self.run_id, as_of, self.model.model_version)
@@ -276,9 +277,15 @@ class ScoringRun:
 
     @property
     def context(self) -> RunContext:
+        """What each chunk task needs; the spec digest is the one the run was planned with (a resumed
+        run's own), so that a chunk refuses a spec edited since."""
+        planned = self.conn.execute(
+            "select spec_digest from mlpipe.runs where run_id = %s", [self.run_id]
+        ).fetchone()[0]
         return RunContext(
             url=SecretStr(self.url),
             spec_path=str(self.spec.folder / "job.yaml"),
+            spec_digest=planned or spec_digest(self.spec),  # runs from before the digest have none
             as_of=self.as_of,
             run_id=self.run_id,
             table=self.table,
