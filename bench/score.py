@@ -102,13 +102,13 @@ def worker_script(day: date, job: str) -> dict:
     pipeline: key ranges streamed out with binary COPY, inplace_predict, binary COPY into a fresh
     table; then the primary key and a rename."""
     import queue
-    import struct
     import threading
 
     import numpy as np
     from psycopg import sql
 
     from mlpipe import registry
+    from mlpipe.copyio import BINARY_HEADER, BINARY_TRAILER, copy_in_binary
     from mlpipe.db import connection, database_url
     from mlpipe.settings import Settings
     from mlpipe.spec import load_job
@@ -124,7 +124,6 @@ def worker_script(day: date, job: str) -> dict:
     out_layout = np.dtype(
         [("fields", ">i2"), ("key_len", ">i4"), ("key", ">i8"), ("score_len", ">i4"), ("score", ">f8")]
     )
-    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
     with connection(url) as conn:
         booster = registry.champion(conn, job).load().booster
         low, high = conn.execute("select min(entity_id), max(entity_id) from demo.wide").fetchone()
@@ -140,7 +139,7 @@ def worker_script(day: date, job: str) -> dict:
             for lo in range(low, high + 1, step):
                 with conn.cursor().copy(select, [lo, lo + step]) as copy:
                     data = b"".join(copy)
-                rows = np.frombuffer(data[len(header) : -2], dtype=layout)
+                rows = np.frombuffer(data[len(BINARY_HEADER) : -len(BINARY_TRAILER)], dtype=layout)
                 matrix = np.empty((len(rows), len(columns)), dtype=np.float32)
                 for i, name in enumerate(columns):
                     matrix[:, i] = rows[name]
@@ -158,8 +157,7 @@ def worker_script(day: date, job: str) -> dict:
                 rows = np.empty(len(keys), dtype=out_layout)
                 rows["fields"], rows["key_len"], rows["key"] = 2, 8, keys
                 rows["score_len"], rows["score"] = 8, scores
-                with conn.cursor().copy("copy demo.script_scores_new from stdin (format binary)") as copy:
-                    copy.write(header + rows.tobytes() + struct.pack(">h", -1))
+                copy_in_binary(conn, "copy demo.script_scores_new from stdin (format binary)", [rows])
             conn.execute("alter table demo.script_scores_new add primary key (entity_id)")
             conn.execute("drop table if exists demo.script_scores")
             conn.execute("alter table demo.script_scores_new rename to script_scores")
@@ -187,7 +185,7 @@ def worker_explain(day: date, job: str) -> dict:
     import xgboost as xgb
 
     from mlpipe import registry
-    from mlpipe.chunks import _explainer
+    from mlpipe.chunks import explainer
     from mlpipe.db import connection, database_url
     from mlpipe.extract import check_features_source, plan_chunks, read_features
     from mlpipe.features import to_matrix
@@ -203,7 +201,7 @@ def worker_explain(day: date, job: str) -> dict:
         frame = read_features(conn, spec, day, first, block)
     matrix = to_matrix(frame, spec)
     model = version.load()
-    surrogate, writer = _explainer(version, 3)
+    surrogate, writer = explainer(version, 3)
 
     def rate(rows: int, work) -> float:
         started = time.perf_counter()

@@ -6,6 +6,7 @@ can run in threads or on Dask workers and a task retry is safe.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -23,10 +24,10 @@ from pydantic import SecretStr
 from mlpipe import publish, validate
 from mlpipe.copyio import copy_in_csv, copy_predictions
 from mlpipe.db import connection
-from mlpipe.errors import RunFailedError
+from mlpipe.errors import RunFailedError, SpecError
 from mlpipe.explain import ReasonWriter, Surrogate
 from mlpipe.extract import Chunk, read_features
-from mlpipe.features import find_bad_rows, to_matrix
+from mlpipe.features import entity_keys, find_bad_rows, to_matrix
 from mlpipe.registry import ModelVersion
 from mlpipe.settings import Settings
 from mlpipe.spec import JobSpec, load_job
@@ -40,6 +41,7 @@ class RunContext:
 
     url: SecretStr
     spec_path: str
+    spec_digest: str  # of the spec the run planned with: a chunk refuses any other (see spec_digest)
     as_of: date
     run_id: int
     table: str
@@ -65,9 +67,30 @@ class ChunkResult:
     missing: dict | None = None
 
 
-def _spec(path: str) -> JobSpec:
-    # Keyed by modification time too: a long-lived worker picks up an edited spec.
-    return _load_spec(path, Path(path).stat().st_mtime_ns)
+def spec_digest(spec: JobSpec) -> str:
+    """sha256 of everything a chunk takes from the job: the parsed spec (comments and layout of
+    job.yaml aside), its features SQL and its derived-feature files."""
+    digest = hashlib.sha256(spec.model_dump_json().encode())
+    digest.update(spec.sql("features").encode())
+    for file_name in sorted({d.function.split(":")[0] for d in spec.derived.values()}):
+        path = spec.folder / file_name
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()
+
+
+def _spec(ctx: RunContext) -> JobSpec:
+    """The job's spec, as the run planned with it, or a SpecError saying the run must start again."""
+    # Keyed by modification time too: a long-lived worker sees an edit (and refuses it below).
+    spec = _load_spec(ctx.spec_path, Path(ctx.spec_path).stat().st_mtime_ns)
+    found = spec_digest(spec)
+    if found != ctx.spec_digest:
+        raise SpecError(
+            spec.name,
+            f"{ctx.spec_path} (or its SQL or derived files) changed while run {ctx.run_id} was scoring "
+            f"{ctx.as_of} (planned with sha256 {ctx.spec_digest[:12]}, now {found[:12]}); the run stops "
+            f"before publishing: re-run the day (`mlpipe score --job {spec.name} --as-of {ctx.as_of}`)",
+        )
+    return spec
 
 
 @lru_cache(maxsize=32)
@@ -78,7 +101,7 @@ def _load_spec(path: str, mtime_ns: int) -> JobSpec:
 def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     """Extract, check, featurize, predict and write one key range, in one transaction."""
     started = time.monotonic()
-    spec = _spec(ctx.spec_path)
+    spec = _spec(ctx)
     model = ctx.model.load()  # verified and cached per process
     with connection(ctx.url.get_secret_value()) as conn:
         done = _finished(conn, ctx.run_id, chunk)
@@ -91,7 +114,7 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         rejected = (frame[spec.entity.key][bad], reasons[bad]) if bad.any() else None
         good = frame[~bad] if bad.any() else frame
         matrix = to_matrix(good, spec)
-        keys = good[spec.entity.key].to_numpy()
+        keys = entity_keys(good, spec)
         del frame, good  # the raw values are no longer needed: half the chunk's memory
         missing = validate.missing_report(
             matrix, keys, ctx.model.feature_schema["columns"], ctx.model.reference["features"]
@@ -185,14 +208,15 @@ def _write(
 
 
 def _reasons(version: ModelVersion, matrix: np.ndarray, k: int) -> np.ndarray:
-    surrogate, writer = _explainer(version, k)
+    surrogate, writer = explainer(version, k)
     return writer.encode(surrogate.contributions(matrix))
 
 
 _explainers: dict[tuple[int, int], tuple[Surrogate, ReasonWriter]] = {}
 
 
-def _explainer(version: ModelVersion, k: int) -> tuple[Surrogate, ReasonWriter]:
+def explainer(version: ModelVersion, k: int) -> tuple[Surrogate, ReasonWriter]:
+    """The model's reason surrogate and a writer of its top k reasons, built once per process."""
     # Per process, like the model itself: chunk tasks of a run share one (a race builds it twice).
     key = (version.model_id, k)
     if key not in _explainers:

@@ -6,6 +6,7 @@ import io
 import json
 import select
 import struct
+from collections.abc import Iterable
 
 import numpy as np
 import psycopg
@@ -14,8 +15,10 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_BINARY_TRAILER = struct.pack(">h", -1)
+# PostgreSQL's binary COPY format: a signature, flags and header extension length (both 0), then the
+# rows (each a field count, then each field's length and bytes), then a field count of -1.
+BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+BINARY_TRAILER = struct.pack(">h", -1)
 _WRITE_BLOCK = 1 << 20
 
 
@@ -112,11 +115,6 @@ def copy_in_csv(conn: psycopg.Connection, schema: str, table: str, data: pa.Tabl
     _write_blocks(conn, statement, buffer.getbuffer())
 
 
-def prediction_rows_binary(*args, **kwargs) -> bytes:
-    """The complete binary COPY payload for `prediction_rows` (header, rows, trailer)."""
-    return _BINARY_HEADER + prediction_rows(*args, **kwargs).tobytes() + _BINARY_TRAILER
-
-
 def prediction_rows(
     keys: np.ndarray,
     score: np.ndarray,
@@ -174,10 +172,7 @@ def copy_predictions(
     )
     if keys.dtype.kind in "iu":
         rows = prediction_rows(keys.astype(np.int64), score, decision, percentile, model_version, reasons)
-        with conn.cursor().copy(statement) as copy:
-            copy.write(_BINARY_HEADER)
-            _write_view(copy, memoryview(rows).cast("B"))
-            copy.write(_BINARY_TRAILER)
+        copy_in_binary(conn, statement, [rows])
         return
     # Text keys are variable-width; psycopg's C row writer is the fast path for them.
     with conn.cursor().copy(statement) as copy:
@@ -191,6 +186,18 @@ def copy_predictions(
             return
         for row, json_text in zip(rows, reasons, strict=True):
             copy.write_row([*row, *extra, Jsonb(json.loads(json_text.tobytes()))])
+
+
+def copy_in_binary(
+    conn: psycopg.Connection, statement: sql.Composable | str, blocks: Iterable[np.ndarray]
+) -> None:
+    """Run a COPY ... FROM STDIN (format binary) whose rows are numpy record arrays laid out as binary
+    COPY rows (big-endian, each field after its length): the header, every block, the trailer."""
+    with conn.cursor().copy(statement) as copy:
+        copy.write(BINARY_HEADER)
+        for block in blocks:
+            _write_view(copy, memoryview(np.ascontiguousarray(block)).cast("B"))
+        copy.write(BINARY_TRAILER)
 
 
 def _write_blocks(conn: psycopg.Connection, statement: sql.Composable, view: memoryview) -> None:

@@ -12,8 +12,16 @@ from psycopg import sql
 
 from mlpipe.copyio import NUMERIC_BLOCK_TYPES, copy_out, read_numeric_block
 from mlpipe.errors import SourceError
-from mlpipe.features import check_source_columns, source_types
 from mlpipe.spec import JobSpec
+
+_ARROW_TYPES = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_()}
+# PostgreSQL type OIDs each feature kind accepts (int2/4/8, float4/8, numeric; text, varchar, bpchar; bool).
+_PG_TYPES = {
+    "numeric": {21, 23, 20, 700, 701, 1700},
+    "categorical": {25, 1043, 1042},
+    "boolean": {16},
+}
+_KEY_TYPES = {"bigint": ({20, 21, 23}, pa.int64()), "text": ({25, 1043, 1042}, pa.string())}
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,47 @@ class Chunk:
     key_lo: int | str | None
     key_hi: int | str | None
     is_last: bool
+
+
+def source_types(spec: JobSpec) -> dict[str, pa.DataType]:
+    """Arrow type of each column the features SQL returns: the key, then every raw feature."""
+    types = {spec.entity.key: _KEY_TYPES[spec.entity.type][1]}
+    types.update({name: _ARROW_TYPES[f.kind] for name, f in spec.features.items()})
+    return types
+
+
+def check_source_columns(
+    conn: psycopg.Connection, spec: JobSpec, query: sql.Composable, params: dict
+) -> dict:
+    """Compare the columns a query returns (without running it) with the spec; say what differs.
+    Returns each column's PostgreSQL type OID, in the query's order."""
+    probe = sql.SQL("select * from ({}) as source limit 0").format(query)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(probe, params)
+            returned = {col.name: col.type_code for col in cur.description}
+    except psycopg.Error as exc:
+        raise SourceError(f"job {spec.name}: the features SQL failed: {str(exc).strip()}") from exc
+    expected = [spec.entity.key, *spec.features]
+    missing = [c for c in expected if c not in returned]
+    extra = [c for c in returned if c not in expected]
+    if missing or extra:
+        raise SourceError(
+            f"job {spec.name}: the features SQL returns columns {sorted(returned)}; "
+            f"missing {missing or 'none'}, not described in the spec {extra or 'none'}"
+        )
+    key_oids = _KEY_TYPES[spec.entity.type][0]
+    wrong = [] if returned[spec.entity.key] in key_oids else [f"{spec.entity.key} (key, {spec.entity.type})"]
+    wrong += [
+        f"{name} ({feature.kind})"
+        for name, feature in spec.features.items()
+        if returned[name] not in _PG_TYPES[feature.kind]
+    ]
+    if wrong:
+        raise SourceError(
+            f"job {spec.name}: columns of the wrong SQL type for their kind: {', '.join(wrong)}"
+        )
+    return returned
 
 
 def features_query(spec: JobSpec, chunk: Chunk | None = None) -> sql.Composed:
@@ -89,7 +138,9 @@ def read_features(
         raise  # the connection, not the SQL: the chunk task retries it
     except (psycopg.Error, pa.ArrowInvalid) as exc:
         raise SourceError(f"job {spec.name}: reading features as of {as_of} failed: {exc}") from exc
-    return table.to_pandas()
+    # An integer key with a NULL in it would become float64 (NaN): keep it an exact, nullable integer.
+    nullable_key = table.column(spec.entity.key).null_count > 0
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get if nullable_key else None)
 
 
 def plan_chunks(

@@ -1,139 +1,77 @@
-"""From raw source columns to the model's matrix: types, row checks, derived features, encoding.
+"""From raw feature rows to the model's matrix: row checks, derived features, encoding.
 
-Training and scoring both call these functions, so a row gets the same features either way.
+Training and scoring both call these functions, so a row gets the same features either way. Pure:
+no database here (what the SQL source must return is checked in mlpipe.extract).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import pandas as pd
-import psycopg
-import pyarrow as pa
-from psycopg import sql
 
 from mlpipe.errors import SourceError
-from mlpipe.spec import JobSpec
+from mlpipe.spec import Feature, JobSpec
 
-_ARROW_TYPES = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_()}
-# PostgreSQL type OIDs each feature kind accepts (int2/4/8, float4/8, numeric; text, varchar, bpchar; bool).
-_PG_TYPES = {
-    "numeric": {21, 23, 20, 700, 701, 1700},
-    "categorical": {25, 1043, 1042},
-    "boolean": {16},
-}
-_KEY_TYPES = {"bigint": ({20, 21, 23}, pa.int64()), "text": ({25, 1043, 1042}, pa.string())}
+# The reason a row without a key is quarantined with: mlpipe.quarantine.entity_id stays NULL for it.
+MISSING_KEY = "missing key: the features SQL returned a null {key} (entity_id is left null here)"
+
+# A row rule's reason: one text, or a function naming each flagged row (given the rule's mask).
+Reason = str | Callable[[np.ndarray], np.ndarray]
 
 
-def source_types(spec: JobSpec) -> dict[str, pa.DataType]:
-    """Arrow type of each column the features SQL returns: the key, then every raw feature."""
-    types = {spec.entity.key: _KEY_TYPES[spec.entity.type][1]}
-    types.update({name: _ARROW_TYPES[f.kind] for name, f in spec.features.items()})
-    return types
+def row_rules(frame: pd.DataFrame, spec: JobSpec) -> Iterator[tuple[np.ndarray, Reason]]:
+    """Every check a row must pass, in order of precedence, as (mask of the rows it flags, reason).
+
+    Each mask is a few vectorized comparisons over the whole frame (no strings); a reason that names
+    a value is built only for the rows its rule flags."""
+    key = frame[spec.entity.key]
+    no_key = key.isna().to_numpy()
+    yield no_key, MISSING_KEY.format(key=spec.entity.key)
+    yield key.duplicated(keep=False).to_numpy() & ~no_key, "duplicate key"
+    for name, feature in spec.features.items():
+        yield from _feature_rules(frame[name], name, feature)
 
 
-def check_source_columns(
-    conn: psycopg.Connection, spec: JobSpec, query: sql.Composable, params: dict
-) -> dict:
-    """Compare the columns a query returns (without running it) with the spec; say what differs.
-    Returns each column's PostgreSQL type OID, in the query's order."""
-    probe = sql.SQL("select * from ({}) as source limit 0").format(query)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(probe, params)
-            returned = {col.name: col.type_code for col in cur.description}
-    except psycopg.Error as exc:
-        raise SourceError(f"job {spec.name}: the features SQL failed: {str(exc).strip()}") from exc
-    expected = [spec.entity.key, *spec.features]
-    missing = [c for c in expected if c not in returned]
-    extra = [c for c in returned if c not in expected]
-    if missing or extra:
-        raise SourceError(
-            f"job {spec.name}: the features SQL returns columns {sorted(returned)}; "
-            f"missing {missing or 'none'}, not described in the spec {extra or 'none'}"
-        )
-    key_oids = _KEY_TYPES[spec.entity.type][0]
-    wrong = [] if returned[spec.entity.key] in key_oids else [f"{spec.entity.key} (key, {spec.entity.type})"]
-    wrong += [
-        f"{name} ({feature.kind})"
-        for name, feature in spec.features.items()
-        if returned[name] not in _PG_TYPES[feature.kind]
-    ]
-    if wrong:
-        raise SourceError(
-            f"job {spec.name}: columns of the wrong SQL type for their kind: {', '.join(wrong)}"
-        )
-    return returned
+def _feature_rules(column: pd.Series, name: str, feature: Feature) -> Iterator[tuple[np.ndarray, Reason]]:
+    if feature.missing == "reject":
+        yield column.isna().to_numpy(), f"{name}: missing"
+    if feature.kind == "numeric":
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)  # a view for float64 columns
+        not_finite = np.isinf(values)
+        if column.dtype.kind != "f":  # a NaN that pandas does not call missing (in a float column it is)
+            not_finite |= np.isnan(values) & column.notna().to_numpy()
+        yield not_finite, f"{name}: not a finite number"
+        with np.errstate(invalid="ignore"):
+            if feature.min is not None:
+                yield values < feature.min, f"{name}: below the minimum {feature.min:g}"
+            if feature.max is not None:
+                yield values > feature.max, f"{name}: above the maximum {feature.max:g}"
+    elif feature.kind == "categorical" and feature.unknown == "reject":
+        unknown = (column.notna() & ~column.isin(feature.categories)).to_numpy()
+        yield unknown, lambda mask: (f"{name}: unknown category " + column[mask].astype(str)).to_numpy()
 
 
 def find_bad_rows(frame: pd.DataFrame, spec: JobSpec) -> pd.Series:
-    """The reason each row cannot be scored, or None; first failing check wins.
-
-    A cheap screen (a few vectorized comparisons per input, no strings) finds the rows any check
-    could flag; the checks that name a reason then run on those rows only, usually none."""
-    key = frame[spec.entity.key]
-    duplicated = (key.duplicated(keep=False) & key.notna()).to_numpy()
-    suspect = key.isna().to_numpy() | duplicated | _screen(frame, spec)
+    """The reason each row cannot be scored, or None; the first rule of `row_rules` that flags it wins."""
     reasons = np.full(len(frame), None, dtype=object)
-    if suspect.any():
-        reasons[suspect] = _reasons(frame[suspect], duplicated[suspect], spec)
+    flagged = None  # allocated at the first flagged row: usually never
+    for mask, reason in row_rules(frame, spec):
+        if not mask.any():
+            continue
+        flagged = np.zeros(len(frame), dtype=bool) if flagged is None else flagged
+        mask = mask & ~flagged
+        reasons[mask] = reason if isinstance(reason, str) else reason(mask)
+        flagged |= mask
     return pd.Series(reasons, index=frame.index, dtype=object)
 
 
-def _screen(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
-    """Rows that some feature check could flag (a superset of the bad rows)."""
-    suspect = np.zeros(len(frame), dtype=bool)
-    for name, feature in spec.features.items():
-        column = frame[name]
-        if feature.kind != "numeric":
-            if feature.missing == "reject":
-                suspect |= column.isna().to_numpy()
-            if feature.kind == "categorical" and feature.unknown == "reject":
-                suspect |= (column.notna() & ~column.isin(feature.categories)).to_numpy()
-            continue
-        values = column.to_numpy(dtype=np.float64, na_value=np.nan)  # a view for float64 columns
-        with np.errstate(invalid="ignore"):
-            suspect |= np.isinf(values)
-            if feature.min is not None:
-                suspect |= values < feature.min
-            if feature.max is not None:
-                suspect |= values > feature.max
-        missing = np.isnan(values)
-        if feature.missing == "reject":
-            suspect |= missing
-        elif column.dtype.kind != "f":  # a NaN that pandas does not call missing: not a finite number
-            suspect |= missing & column.notna().to_numpy()
-    return suspect
-
-
-def _reasons(frame: pd.DataFrame, duplicated: np.ndarray, spec: JobSpec) -> np.ndarray:
-    """Each suspect row's reason (None when it passes every check after all)."""
-    reasons = np.full(len(frame), None, dtype=object)
-
-    def flag(mask, reason) -> None:
-        mask = np.asarray(mask, dtype=bool) & (reasons == None)  # noqa: E711 (elementwise)
-        if mask.any():
-            reasons[mask] = reason if isinstance(reason, str) else np.asarray(reason, dtype=object)[mask]
-
-    flag(frame[spec.entity.key].isna(), "null key")
-    flag(duplicated, "duplicate key")
-    for name, feature in spec.features.items():
-        column = frame[name]
-        if feature.missing == "reject":
-            flag(column.isna(), f"{name}: missing")
-        if feature.kind == "numeric":
-            values = column.to_numpy(dtype=float, na_value=np.nan)
-            flag(
-                np.isinf(values) | (np.isnan(values) & column.notna().to_numpy()),
-                f"{name}: not a finite number",
-            )
-            if feature.min is not None:
-                flag(values < feature.min, f"{name}: below the minimum {feature.min:g}")
-            if feature.max is not None:
-                flag(values > feature.max, f"{name}: above the maximum {feature.max:g}")
-        elif feature.kind == "categorical" and feature.unknown == "reject":
-            unknown = column.notna() & ~column.isin(feature.categories)
-            flag(unknown, (f"{name}: unknown category " + column.astype(str)).to_numpy())
-    return reasons
+def entity_keys(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
+    """The keys of checked rows (no nulls left) as numpy: int64 for bigint keys, whatever dtype the
+    reader gave them (a column with a null in it comes back nullable), else objects."""
+    key = frame[spec.entity.key]
+    return key.to_numpy(dtype=np.int64) if spec.entity.type == "bigint" else key.to_numpy(dtype=object)
 
 
 def matrix_columns(spec: JobSpec) -> list[str]:

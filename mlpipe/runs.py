@@ -30,6 +30,7 @@ class CrashedRun:
     challenger_model_id: int | None
     plan: list | None
     population: int | None
+    spec_digest: str | None
 
 
 def lock_key(kind: Kind, job: str, as_of: date | None) -> str:
@@ -66,20 +67,31 @@ def start(
     model_id: int | None = None,
     challenger_model_id: int | None = None,
     challenger_mode: str | None = None,
+    spec_digest: str | None = None,
 ) -> int:
     """Record a new running run of this process; returns its run_id."""
     return conn.execute(
         """insert into mlpipe.runs (job, kind, as_of, model_id, challenger_model_id, challenger_mode,
-               status, host, pid)
-           values (%s, %s, %s, %s, %s, %s, 'running', %s, %s) returning run_id""",
-        [job, kind, as_of, model_id, challenger_model_id, challenger_mode, socket.gethostname(), os.getpid()],
+               spec_digest, status, host, pid)
+           values (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s) returning run_id""",
+        [
+            job,
+            kind,
+            as_of,
+            model_id,
+            challenger_model_id,
+            challenger_mode,
+            spec_digest,
+            socket.gethostname(),
+            os.getpid(),
+        ],
     ).fetchone()[0]
 
 
 def crashed(conn: psycopg.Connection, kind: Kind, job: str, as_of: date | None = None) -> list[CrashedRun]:
     """Runs still marked running, newest first. Call it holding the lock: they are all dead."""
     rows = conn.execute(
-        """select run_id, model_id, challenger_model_id, plan, population from mlpipe.runs
+        """select run_id, model_id, challenger_model_id, plan, population, spec_digest from mlpipe.runs
            where job = %s and kind = %s and status = 'running' and (%s::date is null or as_of = %s)
            order by run_id desc""",
         [job, kind, as_of, as_of],

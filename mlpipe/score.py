@@ -18,7 +18,7 @@ import psycopg
 from pydantic import SecretStr
 
 from mlpipe import publish, registry, runs, validate
-from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext
+from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext, spec_digest
 from mlpipe.db import DatabaseError, connect, connection
 from mlpipe.errors import RunLockedError, SpecError, UsageError
 from mlpipe.extract import Chunk, check_features_source, plan_chunks
@@ -62,6 +62,7 @@ class ScoringRun:
         self.table: str | None = None
         self.shadow_table: str | None = None
         self.timings: dict = {}
+        self.spec_digest: str | None = None
 
     @classmethod
     def begin(
@@ -109,6 +110,7 @@ class ScoringRun:
 
     def _new_run(self) -> None:
         conn, spec, as_of = self.conn, self.spec, self.as_of
+        self.spec_digest = spec_digest(spec)
         self.run_id = runs.start(
             conn,
             "score",
@@ -117,6 +119,7 @@ class ScoringRun:
             model_id=self.model.model_id,
             challenger_model_id=self.challenger and self.challenger.model_id,
             challenger_mode=self._challenger_mode(),
+            spec_digest=self.spec_digest,
         )
         self.table = publish.create_run_table(conn, spec, self.run_id, as_of, self.model.model_version)
         if self.challenger is not None and spec.outputs.shadow:
@@ -143,6 +146,7 @@ class ScoringRun:
                 if run.model_id == self.model.model_id
                 and run.challenger_model_id == challenger_id
                 and run.plan is not None
+                and run.spec_digest in (None, spec_digest(self.spec))  # None: from before digests
                 and publish.run_table_exists(self.conn, publish.run_table_name(self.spec, run.run_id))
             ),
             None,
@@ -153,6 +157,7 @@ class ScoringRun:
         if resumable is None:
             return False
         self.run_id, self.population = resumable.run_id, resumable.population
+        self.spec_digest = spec_digest(self.spec)
         self.table = publish.run_table_name(self.spec, self.run_id)
         if self.challenger is not None and self.spec.outputs.shadow:
             self.shadow_table = publish.run_table_name(self.spec, self.run_id, "shadow")
@@ -229,9 +234,12 @@ class ScoringRun:
 
     @property
     def context(self) -> RunContext:
+        """What each chunk task needs; the spec digest is the one the run was planned with (a resumed
+        run's own), so that a chunk refuses a spec edited since."""
         return RunContext(
             url=SecretStr(self.url),
             spec_path=str(self.spec.folder / "job.yaml"),
+            spec_digest=self.spec_digest,
             as_of=self.as_of,
             run_id=self.run_id,
             table=self.table,

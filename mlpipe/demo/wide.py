@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Iterator
 
 import numpy as np
 import psycopg
 from psycopg import sql
+
+from mlpipe.copyio import copy_in_binary
 
 FEATURES = [f"f{i:02d}" for i in range(1, 31)]
 BLOCK = 500_000
@@ -25,33 +27,30 @@ def generate(conn: psycopg.Connection, rows: int, *, seed: int = 7) -> None:
                 columns
             )
         )
-        rng = np.random.default_rng(seed)
-        layout = np.dtype(
-            [("fields", ">i2"), ("key_len", ">i4"), ("key", ">i8")]
-            + [item for name in FEATURES for item in ((f"{name}_len", ">i4"), (name, ">f8"))]
-            + [("label_len", ">i4"), ("label", ">i4")]
-        )
-        with conn.cursor().copy("copy demo.wide from stdin (format binary)") as copy:
-            copy.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
-            for first in range(0, rows, BLOCK):
-                n = min(BLOCK, rows - first)
-                values = rng.normal(size=(n, len(FEATURES)))
-                logit = (
-                    1.2 * values[:, 0]
-                    - 0.8 * values[:, 1]
-                    + 0.6 * values[:, 2] * values[:, 3]
-                    + np.sin(values[:, 4])
-                )
-                block = np.empty(n, dtype=layout)
-                block["fields"] = len(FEATURES) + 2
-                block["key_len"], block["key"] = 8, np.arange(first + 1, first + n + 1)
-                for i, name in enumerate(FEATURES):
-                    block[f"{name}_len"], block[name] = 8, values[:, i]
-                block["label_len"], block["label"] = (
-                    4,
-                    (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int32),
-                )
-                copy.write(block.tobytes())
-            copy.write(struct.pack(">h", -1))
+        copy_in_binary(conn, "copy demo.wide from stdin (format binary)", _blocks(rows, seed))
         conn.execute("alter table demo.wide add primary key (entity_id)")
         conn.execute("analyze demo.wide")
+
+
+def _blocks(rows: int, seed: int) -> Iterator[np.ndarray]:
+    """The rows of demo.wide as binary COPY records, BLOCK at a time."""
+    rng = np.random.default_rng(seed)
+    layout = np.dtype(
+        [("fields", ">i2"), ("key_len", ">i4"), ("key", ">i8")]
+        + [item for name in FEATURES for item in ((f"{name}_len", ">i4"), (name, ">f8"))]
+        + [("label_len", ">i4"), ("label", ">i4")]
+    )
+    for first in range(0, rows, BLOCK):
+        n = min(BLOCK, rows - first)
+        values = rng.normal(size=(n, len(FEATURES)))
+        logit = (
+            1.2 * values[:, 0] - 0.8 * values[:, 1] + 0.6 * values[:, 2] * values[:, 3] + np.sin(values[:, 4])
+        )
+        block = np.empty(n, dtype=layout)
+        block["fields"] = len(FEATURES) + 2
+        block["key_len"], block["key"] = 8, np.arange(first + 1, first + n + 1)
+        for i, name in enumerate(FEATURES):
+            block[f"{name}_len"], block[name] = 8, values[:, i]
+        block["label_len"] = 4
+        block["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int32)
+        yield block

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 
-from mlpipe.copyio import prediction_rows_binary
 from mlpipe.explain import ReasonWriter, Surrogate, feature_groups
 
 
@@ -58,16 +56,3 @@ def test_reasons_are_the_largest_contributions_in_order_as_valid_json():
         {"feature": "tenure_days", "contribution": 9.999},
         {"feature": "f", "contribution": 3.142},
     ]
-
-
-def test_reasons_in_the_binary_copy_record_are_jsonb():
-    reasons = ReasonWriter(["a"], 1).encode(np.array([[0.25]], dtype=np.float32))
-    payload = prediction_rows_binary(
-        np.array([7]), np.array([0.5]), np.array([True]), np.array([50.0], dtype=np.float32), reasons=reasons
-    )
-    body = payload[19:-2]
-    assert struct.unpack_from(">h", body)[0] == 5
-    length = struct.unpack_from(">i", body, 2 + 12 + 12 + 5 + 8)[0]
-    text = body[2 + 12 + 12 + 5 + 8 + 4 :]
-    assert length == len(text) and text[0] == 1  # jsonb format version 1, then the JSON
-    assert json.loads(text[1:]) == [{"feature": "a", "contribution": 0.25}]

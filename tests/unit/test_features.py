@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipe.features import baseline_values, find_bad_rows, matrix_columns, to_matrix
+from mlpipe.features import (
+    MISSING_KEY,
+    baseline_values,
+    entity_keys,
+    find_bad_rows,
+    matrix_columns,
+    row_rules,
+    to_matrix,
+)
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
 
@@ -40,7 +48,8 @@ def test_clean_rows_pass(churn):
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        ({"customer_id": [1, None, 3]}, "null key"),
+        ({"customer_id": [1, None, 3]}, MISSING_KEY.format(key="customer_id")),
+        ({"customer_id": pd.array([1, None, 3], dtype="Int64")}, MISSING_KEY.format(key="customer_id")),
         ({"tenure_days": [100.0, -5.0, 300.0]}, "tenure_days: below the minimum 0"),
         ({"tenure_days": [100.0, None, 300.0]}, "tenure_days: missing"),
         ({"tenure_days": [100.0, np.inf, 300.0]}, "tenure_days: not a finite number"),
@@ -56,6 +65,40 @@ def test_each_impossible_value_gets_its_reason(churn, overrides, reason):
 def test_duplicate_keys_are_all_flagged(churn):
     reasons = find_bad_rows(frame(customer_id=[7, 7, 8]), churn)
     assert reasons.tolist() == ["duplicate key", "duplicate key", None]
+
+
+def test_the_first_rule_that_flags_a_row_names_it(churn):
+    # Row 1 breaks three rules at once; row 2 only the last of them.
+    reasons = find_bad_rows(
+        frame(customer_id=[5, None, 6], tenure_days=[1.0, -1.0, 2.0], plan=["basic", "gold", "tin"]), churn
+    )
+    assert reasons.tolist() == [
+        None,
+        MISSING_KEY.format(key="customer_id"),
+        "plan: unknown category tin",
+    ]
+
+
+def test_every_reason_comes_from_one_rule_list(churn):
+    """find_bad_rows flags exactly the union of the rules' masks, each row with one rule's reason."""
+    bad = frame(
+        customer_id=[1, 1, None],
+        tenure_days=[np.inf, 5.0, None],
+        plan=["basic", "gold", "standard"],
+        sessions_prev_30d=[6.0, -1.0, np.nan],
+    )
+    rules = list(row_rules(bad, churn))
+    flagged = np.logical_or.reduce([mask for mask, _ in rules])
+    reasons = find_bad_rows(bad, churn)
+    assert reasons.notna().tolist() == flagged.tolist() == [True, True, True]
+    texts = {r for _, r in rules if isinstance(r, str)} | {"plan: unknown category gold"}
+    assert set(reasons) <= texts
+
+
+def test_keys_of_checked_rows_are_exact_integers(churn):
+    checked = frame(customer_id=pd.array([2**53 + 1, None, 7], dtype="Int64")).iloc[[0, 2]]
+    keys = entity_keys(checked, churn)
+    assert keys.dtype == np.int64 and keys.tolist() == [2**53 + 1, 7]
 
 
 def test_matrix_encodes_kinds_and_missing_rules(churn):
