@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 
+from mlpipe.spec import JobSpec
+
 QUANTILE_BINS = 10
 MISSING, BELOW, UNKNOWN = 0, 1, 1
 SCORE = "score"
@@ -103,3 +105,56 @@ def level(value: float | None, warn: float, fail: float) -> str:
     if value is None or value < warn:
         return "ok"
     return "fail" if value >= fail else "warn"
+
+
+def _inputs(spec: JobSpec, frame: pd.DataFrame, matrix: np.ndarray, columns: list[str]):
+    """(input name, its values) for every model input: categories raw from the frame (so missing and
+    unknown stay apart), everything else as the model receives it."""
+    index = {column: i for i, column in enumerate(columns)}
+    for name, feature in spec.features.items():
+        if feature.kind == "categorical":
+            yield name, frame[name].to_numpy(dtype=object)
+        else:
+            yield name, matrix[:, index[name]]
+    for name in spec.derived:
+        yield name, matrix[:, index[name]]
+
+
+def references(
+    spec: JobSpec, frame: pd.DataFrame, matrix: np.ndarray, columns: list[str], scores: np.ndarray
+) -> dict:
+    """Training reference bins of every input (from the train split's rows) and of the score."""
+    found = {}
+    for name, values in _inputs(spec, frame, matrix, columns):
+        feature = spec.features.get(name)
+        if feature is not None and feature.kind == "categorical":
+            found[name] = categorical_reference(values, feature.categories)
+        else:
+            found[name] = numeric_reference(np.asarray(values, dtype=np.float64))
+    found[SCORE] = score_reference(scores)
+    return found
+
+
+def count_rows(
+    reference: dict,
+    spec: JobSpec,
+    frame: pd.DataFrame,
+    matrix: np.ndarray,
+    columns: list[str],
+    scores: np.ndarray,
+) -> dict[str, list[int]]:
+    """One chunk's counts in the model's reference bins, every input and the score."""
+    counts = {
+        name: count(reference[name], values).tolist()
+        for name, values in _inputs(spec, frame, matrix, columns)
+        if name in reference
+    }
+    counts[SCORE] = count(reference[SCORE], scores).tolist()
+    return counts
+
+
+def add(total: dict[str, list[int]] | None, counts: dict[str, list[int]] | None) -> dict[str, list[int]]:
+    """Sum two sets of counts over the same bins (a run's chunks)."""
+    if not total:
+        return dict(counts or {})
+    return {name: (np.asarray(total[name]) + np.asarray(c)).tolist() for name, c in (counts or {}).items()}

@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 
 import mlpipe
-from mlpipe import artifacts, behaviour, explain, registry, runs
+from mlpipe import artifacts, behaviour, drift, explain, registry, runs
 from mlpipe.candidates import calibrate, search
 from mlpipe.errors import RunLockedError
 from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
@@ -40,19 +40,17 @@ def score_reference(scores: np.ndarray) -> list[float]:
 
 
 def feature_reference(data: TrainingSet, columns: list[str]) -> dict:
-    """Decile edges and shares of each input column on the train split, for later drift checks."""
+    """Each input column's missing share on the train split: the chunk check's yardstick."""
     x_train, _ = data.part("train")
-    reference = {}
-    for i, name in enumerate(columns):
-        values = x_train[:, i][~np.isnan(x_train[:, i])]
-        if len(values) == 0:
-            continue
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
-        reference[name] = {
-            "edges": edges.tolist(),
-            "missing_share": float(np.isnan(x_train[:, i]).mean()),
-        }
-    return reference
+    missing = np.isnan(x_train).mean(axis=0) if len(x_train) else np.ones(len(columns))
+    # A column never present in training has no yardstick: the chunk check skips it.
+    return {name: {"missing_share": float(missing[i])} for i, name in enumerate(columns) if missing[i] < 1}
+
+
+def reference_histograms(spec: JobSpec, data: TrainingSet, columns: list[str], test_scores) -> dict:
+    """Drift reference bins of every input (train split) and of the score (out-of-time test set)."""
+    train_rows = data.split == "train"
+    return drift.references(spec, data.frame[train_rows], data.matrix[train_rows], columns, test_scores)
 
 
 def train(conn: psycopg.Connection, settings: Settings, spec: JobSpec, as_of: date) -> TrainResult:
@@ -183,6 +181,7 @@ def _register(
     uri, sha256 = artifacts.save(model, settings.artifact_store / spec.name)
     columns = matrix_columns(spec)
     x_test, _ = data.part("test")
+    test_scores = model.predict_proba(x_test)
     chosen = metrics["candidates"][metrics["chosen"]]
     return registry.register(
         conn,
@@ -203,8 +202,9 @@ def _register(
             "training_window": data.window,
             "row_counts": data.counts,
             "reference": {
-                "scores": score_reference(model.predict_proba(x_test)),
+                "scores": score_reference(test_scores),
                 "features": feature_reference(data, columns),
+                "histograms": reference_histograms(spec, data, columns, test_scores),
                 "explainer": explain.fit_for(
                     model.predict_proba,
                     data.part("train")[0],
