@@ -128,9 +128,8 @@ def migrate(url: str) -> list[str]:
             return _apply_pending(conn)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise DatabaseError(
-                f"cannot apply migrations as {conn.info.user}: {str(exc).splitlines()[0]}; run "
-                "`mlpipe db migrate` with an administrator's MLPIPE_DATABASE_URL (a superuser or the "
-                "database owner with CREATEROLE)"
+                f"cannot apply migrations as {conn.info.user}: {str(exc).splitlines()[0]}; "
+                "run `mlpipe db migrate` with an administrator's MLPIPE_DATABASE_URL"
             ) from None
         finally:
             conn.execute("select pg_advisory_unlock(%s)", [_MIGRATION_LOCK_KEY])
@@ -210,8 +209,8 @@ def require_migrated(url: str) -> None:
     pending = _pending(recorded)
     if pending:
         raise DatabaseError(
-            f"database schema is at migration {len(known) - len(pending)} of {len(known)} "
-            f"(pending: {', '.join(pending)}); run `mlpipe db migrate` as an administrator"
+            f"database schema is at migration {len(known) - len(pending)} of {len(known)}; "
+            "run `mlpipe db migrate` as an administrator"
         )
 
 
