@@ -58,7 +58,7 @@ def ensure_job_tables(conn: psycopg.Connection, spec: JobSpec) -> None:
         tables.append((shadow_name(spec), ANALYST_ROLE))
     for name, role in tables:
         table = sql.Identifier(PUBLIC_SCHEMA, name)
-        if conn.execute("select to_regclass(%s)", [f"{PUBLIC_SCHEMA}.{name}"]).fetchone()[0] is None:
+        if conn.execute("select to_regclass(%s)", [table.as_string(conn)]).fetchone()[0] is None:
             conn.execute(
                 sql.SQL(
                     "create table if not exists {} ({}, primary key (entity_id, as_of)) "
