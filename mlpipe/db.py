@@ -116,45 +116,107 @@ def migration_files() -> list[Path]:
 
 
 def migrate(url: str) -> list[str]:
-    """Apply every migration not yet recorded, in order, each in its own transaction."""
-    applied: list[str] = []
+    """Apply every migration not yet recorded, in order, each in its own transaction (an
+    administrator's step: it creates schemas and roles). Nothing pending means no DDL at all."""
     with connection(url, autocommit=True) as conn:
+        recorded = _recorded(conn)
+        if recorded is not None and not _pending(recorded):
+            _warn_changed(recorded)
+            return []
         conn.execute("select pg_advisory_lock(%s)", [_MIGRATION_LOCK_KEY])
         try:
-            conn.execute("create schema if not exists mlpipe")
-            conn.execute(
-                """create table if not exists mlpipe.migrations (
-                       version text primary key,
-                       sha256 text not null,
-                       applied_at timestamptz not null default now())"""
-            )
-            done = {row[0]: row[1] for row in conn.execute("select version, sha256 from mlpipe.migrations")}
-            for path in migration_files():
-                text = path.read_text()
-                digest = hashlib.sha256(text.encode()).hexdigest()
-                if path.stem in done:
-                    if done[path.stem] != digest:
-                        log.warning("migration %s changed since it was applied; not re-applied", path.name)
-                    continue
-                with conn.transaction():
-                    conn.execute(sql.SQL(text))  # trusted file shipped with mlpipe
-                    conn.execute(
-                        "insert into mlpipe.migrations (version, sha256) values (%s, %s)",
-                        [path.stem, digest],
-                    )
-                applied.append(path.stem)
-                log.info("applied migration %s", path.name)
+            return _apply_pending(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise DatabaseError(
+                f"cannot apply migrations as {conn.info.user}: {str(exc).splitlines()[0]}; "
+                "run `mlpipe db migrate` with an administrator's MLPIPE_DATABASE_URL"
+            ) from None
         finally:
             conn.execute("select pg_advisory_unlock(%s)", [_MIGRATION_LOCK_KEY])
+
+
+def _apply_pending(conn: psycopg.Connection) -> list[str]:
+    applied: list[str] = []
+    conn.execute("create schema if not exists mlpipe")
+    conn.execute(
+        """create table if not exists mlpipe.migrations (
+               version text primary key,
+               sha256 text not null,
+               applied_at timestamptz not null default now())"""
+    )
+    done = {row[0]: row[1] for row in conn.execute("select version, sha256 from mlpipe.migrations")}
+    _warn_changed(done)
+    for path in migration_files():
+        if path.stem in done:
+            continue
+        text = path.read_text()
+        with conn.transaction():
+            conn.execute(sql.SQL(text))  # trusted file shipped with mlpipe
+            conn.execute(
+                "insert into mlpipe.migrations (version, sha256) values (%s, %s)",
+                [path.stem, _sha256(path)],
+            )
+        applied.append(path.stem)
+        log.info("applied migration %s", path.name)
     return applied
 
 
-def migration_status(url: str) -> tuple[list[str], list[str]]:
-    """(applied, pending) migration names."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_text().encode()).hexdigest()
+
+
+def _warn_changed(recorded: dict[str, str]) -> None:
+    for path in migration_files():
+        if path.stem in recorded and recorded[path.stem] != _sha256(path):
+            log.warning("migration %s changed since it was applied; not re-applied", path.name)
+
+
+def _pending(recorded: dict[str, str]) -> list[str]:
+    return [p.stem for p in migration_files() if p.stem not in recorded]
+
+
+def _recorded(conn: psycopg.Connection) -> dict[str, str] | None:
+    """version -> sha256 of the applied migrations; empty before the first one; None when this role
+    may not read mlpipe.migrations (a reader), so nothing can be said about the schema."""
+    # Through the catalogs, which every role can read: naming mlpipe.migrations in a query would
+    # fail with "permission denied for schema" for a reader.
+    row = conn.execute(
+        """select has_schema_privilege(n.oid, 'usage') and has_table_privilege(c.oid, 'select'),
+                  c.oid is not null
+           from pg_namespace n left join pg_class c on c.relnamespace = n.oid and c.relname = 'migrations'
+           where n.nspname = 'mlpipe'"""
+    ).fetchone()
+    if row is None or not row[1]:
+        return {}
+    if not row[0]:
+        return None
+    return {r[0]: r[1] for r in conn.execute("select version, sha256 from mlpipe.migrations")}
+
+
+def require_migrated(url: str) -> None:
+    """Refuse in one line when the database's schema is not the one this mlpipe's migrations make."""
     with connection(url, autocommit=True) as conn:
-        exists = conn.execute("select to_regclass('mlpipe.migrations') is not null").fetchone()[0]
-        done = set()
-        if exists:
-            done = {r[0] for r in conn.execute("select version from mlpipe.migrations")}
+        recorded = _recorded(conn)
+    if recorded is None:  # a role that cannot read mlpipe: its own queries will say what it may not do
+        return
+    known = [p.stem for p in migration_files()]
+    unknown = sorted(set(recorded) - set(known))
+    if unknown:
+        raise DatabaseError(
+            f"database schema has migrations this mlpipe does not know ({', '.join(unknown)}): "
+            "upgrade mlpipe to the version that applied them"
+        )
+    pending = _pending(recorded)
+    if pending:
+        raise DatabaseError(
+            f"database schema is at migration {len(known) - len(pending)} of {len(known)}; "
+            "run `mlpipe db migrate` as an administrator"
+        )
+
+
+def migration_status(url: str) -> tuple[list[str], list[str]]:
+    """(applied, pending) migration names (all pending when this role cannot read mlpipe)."""
+    with connection(url, autocommit=True) as conn:
+        recorded = _recorded(conn) or {}
     names = [p.stem for p in migration_files()]
-    return [n for n in names if n in done], [n for n in names if n not in done]
+    return [n for n in names if n in recorded], [n for n in names if n not in recorded]

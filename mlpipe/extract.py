@@ -58,9 +58,11 @@ def check_source_columns(
     missing = [c for c in expected if c not in returned]
     extra = [c for c in returned if c not in expected]
     if missing or extra:
+        problems = [f"does not return {', '.join(missing)} (declared in the spec)"] if missing else []
+        problems += [f"returns {', '.join(extra)} (not described in the spec)"] if extra else []
         raise SourceError(
-            f"job {spec.name}: the features SQL returns columns {sorted(returned)}; "
-            f"missing {missing or 'none'}, not described in the spec {extra or 'none'}"
+            f"job {spec.name}: the features SQL {' and '.join(problems)}; it returns "
+            f"{', '.join(returned)}: make its columns the spec's key and features"
         )
     key_oids = _KEY_TYPES[spec.entity.type][0]
     wrong = [] if returned[spec.entity.key] in key_oids else [f"{spec.entity.key} (key, {spec.entity.type})"]

@@ -25,6 +25,7 @@ DATA_SCHEMA = "mlpipe_data"
 PUBLIC_SCHEMA = "predictions"
 READER_ROLE = "mlpipe_reader"
 ANALYST_ROLE = "mlpipe_analyst"
+WRITER_ROLE = "mlpipe_writer"
 _KEY_SQL_TYPES = {"bigint": sql.SQL("bigint"), "text": sql.SQL("text")}
 Kind = Literal["published", "shadow"]
 T = TypeVar("T")
@@ -58,15 +59,24 @@ def ensure_job_tables(conn: psycopg.Connection, spec: JobSpec) -> None:
         tables.append((shadow_name(spec), ANALYST_ROLE))
     for name, role in tables:
         table = sql.Identifier(PUBLIC_SCHEMA, name)
-        conn.execute(
-            sql.SQL(
-                "create table if not exists {} ({}, primary key (entity_id, as_of)) "
-                "partition by range (as_of)"
-            ).format(table, _columns(spec))
-        )
+        if conn.execute("select to_regclass(%s)", [table.as_string(conn)]).fetchone()[0] is None:
+            conn.execute(
+                sql.SQL(
+                    "create table if not exists {} ({}, primary key (entity_id, as_of)) "
+                    "partition by range (as_of)"
+                ).format(table, _columns(spec))
+            )
+            # Only when new: changing the owner locks out readers, and an existing one is the writer's.
+            _hand_to_writer(conn, "table", table)
         if role == ANALYST_ROLE:  # default privileges granted it to readers too: take that back
             conn.execute(sql.SQL("revoke all on {} from {}").format(table, sql.Identifier(READER_ROLE)))
         conn.execute(sql.SQL("grant select on {} to {}").format(table, sql.Identifier(role)))
+
+
+def _hand_to_writer(conn: psycopg.Connection, kind: Literal["table", "view"], name: sql.Identifier) -> None:
+    """Make mlpipe_writer own a new object: attaching partitions and replacing the view need its owner,
+    so any login in mlpipe_writer (or an administrator) can publish the next day."""
+    conn.execute(sql.SQL("alter {} {} owner to {}").format(sql.SQL(kind), name, sql.Identifier(WRITER_ROLE)))
 
 
 def create_run_table(
@@ -88,6 +98,7 @@ def create_run_table(
             "create table {table} ({columns}, check (as_of = {as_of})) with (autovacuum_enabled = off)"
         ).format(table=target, columns=_columns(spec), as_of=sql.Literal(as_of))
     )
+    _hand_to_writer(conn, "table", target)
     for column, value in (("model_version", model_version), ("as_of", as_of), ("run_id", run_id)):
         conn.execute(
             sql.SQL("alter table {} alter column {} set default {}").format(
@@ -237,6 +248,7 @@ def _point_view(
             "as_of, run_id, reasons from {}"
         ).format(view, sql.Identifier(DATA_SCHEMA, table))
     )
+    _hand_to_writer(conn, "view", view)  # the replace holds the view's lock already; same owner: no-op
     conn.execute(sql.SQL("grant select on {} to {}").format(view, sql.Identifier(READER_ROLE)))
     conn.execute(
         """insert into mlpipe.live_views (job, as_of, run_id, reason) values (%s, %s, %s, %s)

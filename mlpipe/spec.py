@@ -286,6 +286,22 @@ def job_folders(settings: Settings) -> list[Path]:
     return list(dict.fromkeys(folder.resolve() for folder in folders))
 
 
+def _read_yaml(path: Path) -> object:
+    """The parsed file; a syntax error is one line naming file:line:column, as editors jump to."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        start = exc.context_mark
+        context = ""
+        if exc.problem and start:
+            context = f" ({exc.context} started at {start.line + 1}:{start.column + 1})"
+        raise SpecError(where, f"not valid YAML: {exc.problem or exc.context}{context}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), f"not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def load_job(name_or_path: str | Path, settings: Settings) -> JobSpec:
     """Load a job spec by name (searched in job_folders) or by path to a YAML file or its folder."""
     path = Path(name_or_path)
@@ -299,10 +315,7 @@ def load_job(name_or_path: str | Path, settings: Settings) -> JobSpec:
         if path is None:
             searched = ", ".join(str(c.parent.parent) for c in candidates)
             raise SpecError(str(name_or_path), f"no job of that name in {searched}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(str(path), f"not valid YAML: {exc}") from exc
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(str(path), "expected a mapping at the top level")
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import date, timedelta
 
 import psycopg
@@ -51,3 +54,14 @@ def population(conn: psycopg.Connection, day: date) -> int:
                    and x.canceled_at < %(day)s::timestamptz)""",
         {"day": day},
     ).fetchone()[0]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The `mlpipe` command in a subprocess, as an operator runs it (this checkout's code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlpipe.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=300,
+    )

@@ -41,11 +41,16 @@ def parse_day(value: str | None, option: str = "--as-of") -> date:
 
 
 def prepare(job: str | None = None) -> tuple[Settings, str, JobSpec | None]:
-    """Settings, a migrated database URL, and the job spec if one is named."""
+    """Settings, the URL of a database whose schema is current, and the job spec if one is named."""
     settings = Settings()
     spec = load_job(job, settings) if job else None
     url = db.database_url(settings)
-    db.migrate(url)
+    if settings.database_url is None:
+        db.migrate(url)  # the embedded server is mlpipe's own (it connects as its superuser)
+    else:
+        # A given server's schema is its administrator's (`mlpipe db migrate`): the pipeline's role
+        # (mlpipe_writer) may not create schemas or roles, so it only checks.
+        db.require_migrated(url)
     return settings, url, spec
 
 

@@ -14,11 +14,18 @@ db_app = typer.Typer(help="The database: start, stop, migrate, show its URL.", n
 
 @db_app.command("up")
 def db_up() -> None:
-    """Start the embedded database (when no MLPIPE_DATABASE_URL is set) and apply migrations."""
+    """Start the embedded database and apply migrations; with MLPIPE_DATABASE_URL, check its schema."""
     settings = Settings()
-    applied = db.migrate(db.database_url(settings))
-    where = "MLPIPE_DATABASE_URL" if settings.database_url else f"embedded, in {settings.pgdata}"
-    console.print(f"database ready ({where}); migrations applied now: {', '.join(applied) or 'none'}")
+    url = db.database_url(settings)
+    if settings.database_url is not None:
+        db.require_migrated(url)  # migrating a given server is `mlpipe db migrate`, as its administrator
+        console.print("database ready (MLPIPE_DATABASE_URL); schema current")
+        return
+    applied = db.migrate(url)
+    console.print(
+        f"database ready (embedded, in {settings.pgdata}); "
+        f"migrations applied now: {', '.join(applied) or 'none'}"
+    )
 
 
 @db_app.command("down")
@@ -56,6 +63,6 @@ def db_url() -> None:
 
 @db_app.command("migrate")
 def db_migrate() -> None:
-    """Apply pending migrations."""
+    """Apply pending migrations (with a given MLPIPE_DATABASE_URL: an administrator's URL)."""
     applied = db.migrate(db.database_url(Settings()))
     console.print(f"applied: {', '.join(applied) or 'nothing pending'}")

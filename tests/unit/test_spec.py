@@ -63,6 +63,25 @@ def test_not_yaml_and_unknown_names_are_clear(tmp_path):
         load_job("no_such_job", Settings())
 
 
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        ("name: churn\nentity: [unclosed\n", ":3:1:", "expected ',' or ']'"),
+        ("name: churn\n  entity: x\n", ":2:9:", "mapping values are not allowed here"),
+        ("name: churn\nentity:\n\t- key\n", ":3:1:", "found character '\\t' that cannot start any token"),
+    ],
+)
+def test_malformed_yaml_is_one_line_with_file_line_and_column(tmp_path, text, where, problem):
+    bad = tmp_path / "job.yaml"
+    bad.write_text(text)
+    with pytest.raises(SpecError) as caught:
+        load_job(bad, Settings())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"job spec {bad}{where} not valid YAML: ")
+    assert problem in message
+
+
 def test_missing_sql_file_is_named(tmp_path, churn_yaml):
     spec = load_job(write(tmp_path, churn_yaml), Settings())
     with pytest.raises(SpecError, match="sources.features: file .*features.sql not found"):
