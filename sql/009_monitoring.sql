@@ -1,10 +1,11 @@
 -- Monitoring: what each scoring run counted into its model's reference bins, and the monitor's
 -- findings per day (realized and estimated performance per model version and arm; drift per input).
-alter table mlpipe.runs add column input_histograms jsonb;  -- {input or 'score': [counts]}
-alter table mlpipe.runs drop constraint runs_kind_check;
+-- Written to be safe to apply again.
+alter table mlpipe.runs add column if not exists input_histograms jsonb;  -- {input or 'score': [counts]}
+alter table mlpipe.runs drop constraint if exists runs_kind_check;
 alter table mlpipe.runs add constraint runs_kind_check check (kind in ('score', 'train', 'monitor'));
 
-create table mlpipe.performance (
+create table if not exists mlpipe.performance (
     job text not null,
     as_of date not null,
     model_version text not null,
@@ -28,7 +29,7 @@ create table mlpipe.performance (
     primary key (job, as_of, model_version, arm)
 );
 
-create table mlpipe.drift (
+create table if not exists mlpipe.drift (
     job text not null,
     as_of date not null,
     run_id bigint not null references mlpipe.runs,
