@@ -21,7 +21,7 @@ import pyarrow as pa
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
-from mlpipe import publish, validate
+from mlpipe import drift, publish, validate
 from mlpipe.copyio import copy_in_csv, copy_predictions
 from mlpipe.db import connection
 from mlpipe.errors import RunFailedError, SpecError
@@ -65,6 +65,7 @@ class ChunkResult:
     min_score: float | None = None
     max_score: float | None = None
     missing: dict | None = None
+    inputs: dict | None = None  # counts in the model's drift reference bins, the score's included
 
 
 def spec_digest(spec: JobSpec) -> str:
@@ -98,6 +99,16 @@ def _load_spec(path: str, mtime_ns: int) -> JobSpec:
     return load_job(Path(path), Settings())
 
 
+@dataclass
+class _CheckedRows:
+    rows_in: int
+    keys: np.ndarray
+    matrix: np.ndarray
+    rejected: tuple[pd.Series, pd.Series] | None  # (keys, reasons) of the quarantined rows
+    missing: dict  # each input's missing share against its allowance (judged at the output gate)
+    inputs: dict  # counts in the model's drift reference bins
+
+
 def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     """Extract, check, featurize, predict and write one key range, in one transaction."""
     started = time.monotonic()
@@ -107,56 +118,86 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
         done = _finished(conn, ctx.run_id, chunk)
         if done is not None:  # written by an attempt that crashed later, or by a resumed run
             return done
-        frame = read_features(conn, spec, ctx.as_of, chunk, ctx.numeric_block)
-        rows_in = len(frame)
-        reasons = find_bad_rows(frame, spec)
-        bad = reasons.notna().to_numpy()
-        rejected = (frame[spec.entity.key][bad], reasons[bad]) if bad.any() else None
-        good = frame[~bad] if bad.any() else frame
-        matrix = to_matrix(good, spec)
-        keys = entity_keys(good, spec)
-        del frame, good  # the raw values are no longer needed: half the chunk's memory
-        missing = validate.missing_report(
-            matrix, keys, ctx.model.feature_schema["columns"], ctx.model.reference["features"]
-        )
-        scores = _predict(model, matrix, ctx.model, chunk)
+        rows = _read_and_check(conn, spec, ctx, chunk)
+        scores = _predict(model, rows.matrix, ctx.model, chunk)
         with conn.transaction():
             if ctx.challenger is None:
-                _write(conn, ctx, ctx.table, keys, scores, ctx.model, matrix)
+                _write(conn, ctx, ctx.table, rows.keys, scores, ctx.model, rows.matrix)
             else:
-                scores = _write_with_challenger(conn, ctx, chunk, keys, matrix, scores)
-            if rejected is not None:
-                _quarantine(conn, ctx.run_id, *rejected)
-            seconds = time.monotonic() - started
-            summary = {
-                "histogram": np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0].tolist(),
-                "min_score": float(scores.min()) if len(scores) else None,
-                "missing": missing,
-                "max_score": float(scores.max()) if len(scores) else None,
-            }
-            conn.execute(
-                """insert into mlpipe.run_chunks (run_id, chunk_no, key_lo, key_hi, rows_in, rows_scored,
-                       rows_quarantined, seconds, summary, worker)
-                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                [
-                    ctx.run_id,
-                    chunk.chunk_no,
-                    _text(chunk.key_lo),
-                    _text(chunk.key_hi),
-                    rows_in,
-                    len(keys),
-                    int(bad.sum()),
-                    seconds,
-                    Jsonb(summary),
-                    f"{socket.gethostname()}:{os.getpid()}",
-                ],
-            )
-    return ChunkResult(chunk.chunk_no, rows_in, len(keys), int(bad.sum()), seconds, **_renamed(summary))
+                scores = _write_with_challenger(conn, ctx, chunk, rows.keys, rows.matrix, scores)
+            if rows.rejected is not None:
+                _quarantine(conn, ctx.run_id, *rows.rejected)
+            result = _summarize(ctx, chunk, rows, scores, time.monotonic() - started)
+            _record(conn, ctx, chunk, result)
+    return result
+
+
+def _read_and_check(conn, spec: JobSpec, ctx: RunContext, chunk: Chunk) -> _CheckedRows:
+    """The chunk's rows, the bad ones set aside with their reasons, the good ones as the model's matrix
+    and counted into the drift bins (the raw frame is freed on return: half the chunk's memory)."""
+    frame = read_features(conn, spec, ctx.as_of, chunk, ctx.numeric_block)
+    reasons = find_bad_rows(frame, spec)
+    bad = reasons.notna().to_numpy()
+    rejected = (frame[spec.entity.key][bad], reasons[bad]) if bad.any() else None
+    good = frame[~bad] if bad.any() else frame
+    matrix = to_matrix(good, spec)
+    keys = entity_keys(good, spec)
+    columns = ctx.model.feature_schema["columns"]
+    reference = ctx.model.reference.get("histograms")
+    return _CheckedRows(
+        rows_in=len(frame),
+        keys=keys,
+        matrix=matrix,
+        rejected=rejected,
+        missing=validate.missing_report(matrix, keys, columns, ctx.model.reference["features"]),
+        inputs=drift.count_inputs(reference, spec, good, matrix, columns) if reference else {},
+    )
+
+
+def _summarize(ctx: RunContext, chunk: Chunk, rows: _CheckedRows, scores, seconds: float) -> ChunkResult:
+    inputs = dict(rows.inputs)
+    if inputs:
+        inputs[drift.SCORE] = drift.count(ctx.model.reference["histograms"][drift.SCORE], scores).tolist()
+    return ChunkResult(
+        chunk.chunk_no,
+        rows.rows_in,
+        len(rows.keys),
+        rows.rows_in - len(rows.keys),
+        seconds,
+        histogram=np.histogram(scores, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0].tolist(),
+        min_score=float(scores.min()) if len(scores) else None,
+        max_score=float(scores.max()) if len(scores) else None,
+        missing=rows.missing,
+        inputs=inputs,
+    )
+
+
+def _record(conn, ctx: RunContext, chunk: Chunk, result: ChunkResult) -> None:
+    """The chunk's row in mlpipe.run_chunks, with what a resumed run needs of it (its summary)."""
+    conn.execute(
+        """insert into mlpipe.run_chunks (run_id, chunk_no, key_lo, key_hi, rows_in, rows_scored,
+               rows_quarantined, seconds, summary, worker)
+           values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        [
+            ctx.run_id,
+            chunk.chunk_no,
+            _text(chunk.key_lo),
+            _text(chunk.key_hi),
+            result.rows_in,
+            result.rows_scored,
+            result.rows_quarantined,
+            result.seconds,
+            Jsonb({name: getattr(result, name) for name in _SUMMARY}),
+            f"{socket.gethostname()}:{os.getpid()}",
+        ],
+    )
+
+
+_SUMMARY = ("histogram", "min_score", "max_score", "missing", "inputs")
 
 
 def _renamed(summary: dict) -> dict:
-    fields = ("histogram", "min_score", "max_score", "missing")
-    return {name: summary.get(name) for name in fields}
+    return {name: summary.get(name) for name in _SUMMARY}
 
 
 def _finished(conn, run_id: int, chunk: Chunk) -> ChunkResult | None:

@@ -135,22 +135,15 @@ def references(
     return found
 
 
-def count_rows(
-    reference: dict,
-    spec: JobSpec,
-    frame: pd.DataFrame,
-    matrix: np.ndarray,
-    columns: list[str],
-    scores: np.ndarray,
+def count_inputs(
+    reference: dict, spec: JobSpec, frame: pd.DataFrame, matrix: np.ndarray, columns: list[str]
 ) -> dict[str, list[int]]:
-    """One chunk's counts in the model's reference bins, every input and the score."""
-    counts = {
+    """One chunk's counts of every input in the model's reference bins (the score: `count`)."""
+    return {
         name: count(reference[name], values).tolist()
         for name, values in _inputs(spec, frame, matrix, columns)
         if name in reference
     }
-    counts[SCORE] = count(reference[SCORE], scores).tolist()
-    return counts
 
 
 def add(total: dict[str, list[int]] | None, counts: dict[str, list[int]] | None) -> dict[str, list[int]]:

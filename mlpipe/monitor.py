@@ -133,35 +133,22 @@ def _record_drift(conn, spec: JobSpec, day: PublishedDay, previous: PublishedDay
         "select 1 from mlpipe.drift where job = %s and as_of = %s and run_id = %s limit 1",
         [spec.name, day.as_of, day.run_id],
     ).fetchone()
-    if done or not day.histograms:
-        if not day.histograms:
-            log.warning(
-                "%s %s: run %s counted no histograms; no drift for that day", spec.name, day.as_of, day.run_id
-            )
+    if done:
         return False
+    if not day.reference or not day.histograms:
+        log.warning(
+            "%s %s: model %s predates drift reference histograms, so run %s counted none: no drift for "
+            "that day; retrain (`mlpipe train --job %s`) to monitor drift",
+            spec.name,
+            day.as_of,
+            day.model_version,
+            day.run_id,
+            spec.name,
+        )
+        return False
+    # Against the previous day only when it counted into the same bins (the same model).
     same_bins = previous is not None and previous.model_id == day.model_id and previous.histograms
     reference, against = day.reference, "training"
-    if not reference:
-        if not same_bins:
-            log.warning(
-                "%s: model %s has no training histograms and no earlier day shares its bins: "
-                "no drift for %s; "
-                "retrain (`mlpipe train --job %s`) to monitor against training",
-                spec.name,
-                day.model_version,
-                day.as_of,
-                spec.name,
-            )
-            return False
-        log.warning(
-            "%s: model %s predates training histograms; drift of %s is measured against the previous day "
-            "(retrain to measure against training)",
-            spec.name,
-            day.model_version,
-            day.as_of,
-        )
-        reference = {name: {"counts": counts} for name, counts in previous.histograms.items()}
-        against = "previous day"
     rows = []
     for feature, counts in day.histograms.items():
         bins = reference.get(feature)

@@ -138,13 +138,23 @@ def record_gates(conn: psycopg.Connection, run_id: int, gates: dict) -> None:
 
 
 def record_result(
-    conn: psycopg.Connection, run_id: int, timings: dict, score_histogram: dict | None = None
+    conn: psycopg.Connection,
+    run_id: int,
+    timings: dict,
+    score_histogram: dict | None = None,
+    input_histograms: dict | None = None,
 ) -> None:
-    """Timings and the published score histogram of a finished run."""
+    """Timings, and a scoring run's score histogram and drift counts (its inputs' and the score's)."""
     conn.execute(
-        """update mlpipe.runs set timings = %s, score_histogram = coalesce(%s, score_histogram)
+        """update mlpipe.runs set timings = %s, score_histogram = coalesce(%s, score_histogram),
+               input_histograms = coalesce(%s, input_histograms)
            where run_id = %s""",
-        [Jsonb(timings), score_histogram and Jsonb(score_histogram), run_id],
+        [
+            Jsonb(timings),
+            score_histogram and Jsonb(score_histogram),
+            input_histograms and Jsonb(input_histograms),
+            run_id,
+        ],
     )
 
 

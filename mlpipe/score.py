@@ -7,6 +7,7 @@ mlpipe.chunks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import numpy as np
 import psycopg
 from pydantic import SecretStr
 
-from mlpipe import publish, registry, runs, validate
+from mlpipe import drift, publish, registry, runs, validate
 from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext, spec_digest
 from mlpipe.db import DatabaseError, connect, connection
 from mlpipe.errors import RunLockedError, SpecError, UsageError
@@ -289,10 +290,19 @@ class ScoringRun:
         quarantined = sum(r.rows_quarantined for r in results)
         runs.record_counts(self.conn, self.run_id, scored, quarantined)
         histogram = np.sum([r.histogram for r in results], axis=0).tolist() if results else []
+        inputs = functools.reduce(drift.add, (r.inputs for r in results), {})
         # The index builds in the server while the gate runs here: two cores, not one after the other.
         # If the gate fails, the indexed table is dropped with the run like any other.
         output = validate.RunOutput(
-            self.spec, self.as_of, self.run_id, self.table, self.population, results, histogram
+            self.spec,
+            self.as_of,
+            self.run_id,
+            self.table,
+            self.population,
+            results,
+            histogram,
+            inputs,
+            self.model.reference.get("histograms"),
         )
         with ThreadPoolExecutor(max_workers=1) as pool:
             indexing = pool.submit(self._index_tables)
@@ -316,7 +326,7 @@ class ScoringRun:
         self.timings["retention_dropped_days"] = len(dropped)
         self.timings["total_s"] = round(time.monotonic() - self.started, 3)
         score_histogram = {"bins": HISTOGRAM_BINS, "range": [0, 1], "counts": histogram}
-        runs.record_result(self.conn, self.run_id, self.timings, score_histogram)
+        runs.record_result(self.conn, self.run_id, self.timings, score_histogram, inputs or None)
         return RunSummary(
             self.run_id,
             self.spec.name,

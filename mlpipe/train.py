@@ -48,9 +48,10 @@ def feature_reference(data: TrainingSet, columns: list[str]) -> dict:
 
 
 def reference_histograms(spec: JobSpec, data: TrainingSet, columns: list[str], test_scores) -> dict:
-    """Drift reference bins of every input (train split) and of the score (out-of-time test set)."""
-    train_rows = data.split == "train"
-    return drift.references(spec, data.frame[train_rows], data.matrix[train_rows], columns, test_scores)
+    """Drift reference bins of every input and of the score, from the test split: for a history job
+    the newest matured cutoff, so that slow trends over the training window are not flagged as drift."""
+    test_rows = data.split == "test"
+    return drift.references(spec, data.frame[test_rows], data.matrix[test_rows], columns, test_scores)
 
 
 def train(conn: psycopg.Connection, settings: Settings, spec: JobSpec, as_of: date) -> TrainResult:

@@ -19,7 +19,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from mlpipe import publish, runs
+from mlpipe import drift, publish, runs
 from mlpipe.errors import MlpipeError, RunFailedError
 from mlpipe.spec import JobSpec
 
@@ -198,6 +198,8 @@ class RunOutput:
     population: int
     chunks: list  # ChunkResult-like: rows_in, rows_scored, rows_quarantined, min/max_score, missing
     histogram: list[int]
+    inputs: dict  # the run's counts in the model's drift reference bins
+    reference: dict | None  # the model's drift reference bins (None: trained before they existed)
 
 
 def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
@@ -223,6 +225,8 @@ def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
     failures = check_output(
         chunks, missing, out.population, outputs.max_quarantine_rate, psi, outputs.max_score_psi
     )
+    if out.spec.monitoring.block_publish_on_drift:
+        failures += drift_failures(out)
     gates = {"passed": not failures, "failures": [str(f) for f in failures], "score_psi": psi}
     runs.record_gates(conn, out.run_id, gates)
     if failures:
@@ -232,6 +236,20 @@ def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
             _offending_keys(conn, out, failures, missing),
         )
     return gates
+
+
+def drift_failures(out: RunOutput) -> list[Failure]:
+    """Inputs (or the score) whose PSI against training reaches the job's fail threshold."""
+    if not out.reference:
+        log.warning("%s: the model has no drift reference; retrain to gate publish on drift", out.spec.name)
+        return []
+    fail = out.spec.monitoring.drift.fail
+    found = {name: drift.psi(counts, out.reference[name]["counts"]) for name, counts in out.inputs.items()}
+    return [
+        Failure("drift", f"PSI of {name} against training is {value:.3f}, at or above {fail:g}", name)
+        for name, value in sorted(found.items(), key=lambda item: -item[1])
+        if value >= fail
+    ]
 
 
 def _missing_frame(chunks: list) -> pd.DataFrame:

@@ -1,0 +1,68 @@
+"""The monitor on real published days: realized metrics equal scikit-learn's on pairs the test pulls
+itself, estimates for days not matured, drift from the histograms counted while scoring."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mlpipe import monitor
+from mlpipe.settings import Settings
+from mlpipe.spec import load_job
+from tests.helpers import days_ago, score
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+
+def _pairs(conn, day: date) -> tuple[np.ndarray, np.ndarray]:
+    """(score, label) of a published day, labels from the demo tables directly (not the job's SQL)."""
+    rows = conn.execute(
+        """select h.score, exists (
+                  select from demo.cancellations x where x.customer_id = h.entity_id
+                      and x.canceled_at >= %(day)s::timestamptz
+                      and x.canceled_at < %(day)s::timestamptz + interval '30 days')::int
+           from predictions.churn_history h where h.as_of = %(day)s""",
+        {"day": day},
+    ).fetchall()
+    return np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+
+def test_monitor_records_realized_estimated_and_drift(conn):
+    matured, recent = days_ago(45), days_ago(2)
+    runs = {day: score("churn", day)["run_id"] for day in (matured, recent)}
+    spec = load_job("churn", Settings())
+
+    result = monitor.monitor(conn, spec, date.today())
+
+    assert result.drift_days == [matured, recent] and result.performance_days == [matured, recent]
+    rows = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            """select as_of, arm, matured, n, roc_auc, roc_auc_lo, roc_auc_hi, estimated_roc_auc,
+                      unavailable, run_id
+               from mlpipe.performance where job = 'churn'"""
+        )
+    }
+    arm, is_matured, n, auc, low, high, estimated, unavailable, run_id = rows[matured]
+    scores, labels = _pairs(conn, matured)
+    assert (arm, is_matured, n, run_id) == ("champion", True, len(scores), runs[matured])
+    assert auc == pytest.approx(roc_auc_score(labels, scores), abs=1e-3)
+    assert low < auc < high and estimated is not None and unavailable is None
+    arm, is_matured, n, auc, *_, unavailable, _ = rows[recent]
+    assert not is_matured and auc is None and "not matured" in unavailable
+
+    drift = conn.execute(
+        "select feature, level, psi_reference from mlpipe.drift where job = 'churn' and as_of = %s",
+        [recent],
+    ).fetchall()
+    features = {f for f, *_ in drift}
+    assert features == set(spec.features) | set(spec.derived) | {"score"}
+    assert {level for _, level, _ in drift} == {"ok"}, [d for d in drift if d[1] != "ok"]
+
+    again = monitor.monitor(conn, spec, date.today())
+    assert again.drift_days == [] and again.performance_days == [], "each day is computed once"
+    later = monitor.monitor(conn, spec, recent + timedelta(days=spec.training.horizon_days))
+    assert later.performance_days == [recent], "a day is computed again when it matures"
