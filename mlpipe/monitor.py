@@ -15,6 +15,7 @@ from datetime import date, timedelta
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from mlpipe import drift, performance, runs
 from mlpipe.errors import MlpipeError, RunLockedError
@@ -213,37 +214,31 @@ def _record_performance(conn, spec: JobSpec, day: PublishedDay, as_of: date) -> 
             else:
                 figures["unavailable"] = "no outcomes for the entities scored that day"
             rows.append((version, arm, figures))
+    _store_performance(conn, spec, day, matured, rows)
+    return True
+
+
+_PERFORMANCE_FIGURES = (
+    "n positives roc_auc roc_auc_lo roc_auc_hi pr_auc log_loss brier calibration mean_score "
+    "estimated_roc_auc estimated_positive_rate unavailable"
+).split()
+
+
+def _store_performance(conn, spec: JobSpec, day: PublishedDay, matured: bool, rows: list) -> None:
+    """Replace the day's performance rows (one per model version and arm) in one transaction."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, _PERFORMANCE_FIGURES))
+    insert = sql.SQL(
+        "insert into mlpipe.performance (job, as_of, model_version, arm, run_id, matured, {columns}) "
+        "values (%s, %s, %s, %s, %s, %s, {values})"
+    ).format(columns=columns, values=sql.SQL(", ").join(sql.Placeholder() * len(_PERFORMANCE_FIGURES)))
     with conn.transaction():
         conn.execute("delete from mlpipe.performance where job = %s and as_of = %s", [spec.name, day.as_of])
-        for version, arm, f in rows:
-            conn.execute(
-                """insert into mlpipe.performance (job, as_of, model_version, arm, run_id, n, matured,
-                       positives, roc_auc, roc_auc_lo, roc_auc_hi, pr_auc, log_loss, brier, calibration,
-                       mean_score, estimated_roc_auc, estimated_positive_rate, unavailable)
-                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                [
-                    spec.name,
-                    day.as_of,
-                    version,
-                    arm,
-                    day.run_id,
-                    f["n"],
-                    matured,
-                    f.get("positives"),
-                    f.get("roc_auc"),
-                    f.get("roc_auc_lo"),
-                    f.get("roc_auc_hi"),
-                    f.get("pr_auc"),
-                    f.get("log_loss"),
-                    f.get("brier"),
-                    psycopg.types.json.Jsonb(f["calibration"]) if f.get("calibration") else None,
-                    f["mean_score"],
-                    f["estimated_roc_auc"],
-                    f["estimated_positive_rate"],
-                    f.get("unavailable"),
-                ],
+        for version, arm, figures in rows:
+            values = [figures.get(name) for name in _PERFORMANCE_FIGURES]
+            values[_PERFORMANCE_FIGURES.index("calibration")] = figures.get("calibration") and Jsonb(
+                figures["calibration"]
             )
-    return True
+            conn.execute(insert, [spec.name, day.as_of, version, arm, day.run_id, matured, *values])
 
 
 def _why_not_realized(spec: JobSpec, matured: bool) -> str:
