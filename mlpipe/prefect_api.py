@@ -112,9 +112,21 @@ def prefect_api() -> Iterator[None]:
     process, url = _start()
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield
+            try:
+                yield
+            finally:
+                _flush_to_api()
     finally:
         _stop(process)
+
+
+def _flush_to_api() -> None:
+    """Send Prefect's queued logs and events (a crash report among them) while the API is still up."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=GRACE_SECONDS)
 
 
 def _stop_when_parent_ends() -> None:

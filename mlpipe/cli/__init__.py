@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from datetime import date
 from typing import Annotated
@@ -60,18 +59,11 @@ def main() -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     _quiet_prefect()
-    from prefect.exceptions import TerminationSignal
-
     try:
         app()
     except MlpipeError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(1)
-    except (KeyboardInterrupt, TerminationSignal) as exc:
-        # A run in progress has already been marked failed on the way out (ScoringRun, train).
-        number = getattr(exc, "signal", signal.SIGINT)
-        err.print(f"[bold red]stopped:[/] {signal.Signals(number).name} received", highlight=False)
-        sys.exit(128 + number)
 
 
 @app.command()
