@@ -177,10 +177,22 @@ def _descendants_once_running(db_url, conn, day, tmp_path):
 
 
 def _survivors(children: list[psutil.Process]) -> list[psutil.Process]:
-    _, alive = psutil.wait_procs(children, timeout=20)
+    """The children still running after a few seconds (a zombie has ended: its new parent reaps it)."""
+    deadline = time.monotonic() + 20
+    alive = children
+    while alive and time.monotonic() < deadline:
+        _, alive = psutil.wait_procs(alive, timeout=1)
+        alive = [p for p in alive if _running(p)]
     for process in alive:  # do not leave them to the next test
         process.kill()
     return alive
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_sigkill_leaves_no_process_behind(db_url, conn, tmp_path):
