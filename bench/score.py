@@ -47,14 +47,13 @@ def _peak_rss_mb() -> float:
 def worker_mlpipe(day: date, job: str) -> dict:
     from prefect import flow
 
-    from flows.score import with_workers
-    from mlpipe.settings import Settings
+    from flows.score import score_flow
 
     # Prefect's local API starts with the first flow and keeps busy for seconds after; a deployment
     # talks to a server that is already up, so start it before the clock does.
     flow(name="bench-warm-up")(lambda: None)()
     started = time.perf_counter()
-    result = with_workers(Settings())(job=job, as_of=day)
+    result = score_flow(job=job, as_of=day)
     wall = time.perf_counter() - started
     seconds = result["timings"]["total_s"]
     return {"rows": result["rows_scored"], "seconds": seconds, "wall_s": wall, "peak_rss_mb": _peak_rss_mb()}

@@ -4,7 +4,9 @@
     prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
     python deployments/deploy.py --job churn     # registers the deployments and serves them
 
-Trigger one by hand with `prefect deployment run 'mlpipe-score/churn-daily'`.
+Trigger one by hand with `prefect deployment run 'mlpipe-score/churn-daily'`. Each run reads the
+serving process's MLPIPE_* settings when it starts: MLPIPE_DASK_ADDRESS sends its chunks to that Dask
+cluster, otherwise MLPIPE_WORKERS threads score them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.score import score_flow
@@ -20,6 +22,12 @@ from flows.train import train_flow
 
 TRAIN_CRON = "0 3 1 * *"  # 03:00 UTC on the 1st of each month
 SCORE_CRON = "0 5 * * *"  # 05:00 UTC every day, after the nightly loads
+
+
+# Runs load the flows by module (`flows.score.score_flow`, installed with mlpipe), not by file: a flow
+# loaded from a file lives in a module named after the file, and its tasks could not be unpickled on
+# the Dask workers that MLPIPE_DASK_ADDRESS sends them to.
+BY_MODULE = EntrypointType.MODULE_PATH
 
 
 def build_deployments(job: str = "churn") -> list[RunnerDeployment]:
@@ -31,6 +39,7 @@ def build_deployments(job: str = "churn") -> list[RunnerDeployment]:
             schedule=Cron(TRAIN_CRON, timezone="UTC"),
             description=f"Train {job} on the 1st of each month; promote by the job's rule.",
             tags=["mlpipe", job],
+            entrypoint_type=BY_MODULE,
         ),
         score_flow.to_deployment(
             name=f"{job}-daily",
@@ -38,6 +47,7 @@ def build_deployments(job: str = "churn") -> list[RunnerDeployment]:
             schedule=Cron(SCORE_CRON, timezone="UTC"),
             description=f"Score the whole {job} population daily and publish it.",
             tags=["mlpipe", job],
+            entrypoint_type=BY_MODULE,
         ),
     ]
 

@@ -1,4 +1,9 @@
-"""Daily scoring flow: plan under the (job, day) lock, score chunks through the task runner, publish."""
+"""Daily scoring flow: plan under the (job, day) lock, score chunks through the task runner, publish.
+
+Every caller (the CLI, a deployment served by `deployments/deploy.py`, the backfill flow, the demo) runs
+the same `score_flow`; where its chunk tasks run is chosen by `task_runner_for` from the settings read
+when the run starts, so a served deployment follows MLPIPE_WORKERS / MLPIPE_DASK_ADDRESS of its process.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from datetime import date
 import psycopg
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from mlpipe.chunks import ChunkResult, RunContext, score_chunk
 from mlpipe.db import DatabaseError, database_url
@@ -40,22 +45,25 @@ def score_chunk_task(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     return score_chunk(ctx, chunk)
 
 
-@flow(name="mlpipe-score", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def task_runner_for(settings: Settings) -> TaskRunner:
+    """Where chunk tasks run: the Dask cluster at MLPIPE_DASK_ADDRESS, else MLPIPE_WORKERS threads."""
+    if settings.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=settings.dask_address)
+    return ThreadPoolTaskRunner(max_workers=settings.workers)
+
+
+# The flow's own runner is unused: a decorator's runner is fixed at import time, and chunk tasks must
+# follow the settings of the process that runs the flow, so they go through `task_runner_for` below.
+@flow(name="mlpipe-score")
 def score_flow(job: str = "churn", as_of: date | None = None, model_version: str | None = None) -> dict:
     """Score the job's whole population as of `as_of` (default today) and publish it."""
     settings = Settings()
     spec = load_job(job, settings)
-    with ScoringRun.begin(
-        database_url(settings), settings, spec, as_of or date.today(), model_version
-    ) as run:
-        futures = score_chunk_task.map(unmapped(run.context), run.chunks)
+    with (
+        ScoringRun.begin(database_url(settings), settings, spec, as_of or date.today(), model_version) as run,
+        task_runner_for(settings) as runner,
+    ):
+        futures = runner.map(score_chunk_task, {"ctx": unmapped(run.context), "chunk": run.chunks})
         return run.finish([future.result() for future in futures]).as_dict()
-
-
-def with_workers(settings: Settings):
-    """The score flow with the task runner the settings ask for (threads, or a Dask cluster)."""
-    if settings.dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        return score_flow.with_options(task_runner=DaskTaskRunner(address=settings.dask_address))
-    return score_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.workers))

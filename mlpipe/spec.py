@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
+from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlpipe.algorithms import ALGORITHMS
@@ -39,6 +40,12 @@ class Sources(_Strict):
         default=None,
         description="SQL file: (key, outcome 0/1, observed_at) of outcomes that arrive from elsewhere; "
         "the monitor then uses it instead of the labels SQL for ground truth.",
+    )
+    shared: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,40}\.sql$")]] = Field(
+        default_factory=list,
+        description="SQL files every source reads as a CTE named after the file (active_customers.sql "
+        "is `active_customers`), written once like a dbt staging model; they see the source's "
+        "parameters (as_of always: the labels SQL gets as_of = cutoff).",
     )
 
 
@@ -246,12 +253,26 @@ class JobSpec(_Strict):
         return {name: signs[f.monotone] for name, f in declared.items() if f.monotone}
 
     def sql(self, source: Literal["population", "features", "labels", "outcomes"]) -> str:
-        """The text of one of the job's SQL files."""
+        """The query of one of the job's SQL files, with the shared pieces it may read as CTEs."""
         if getattr(self.sources, source) is None:
             raise SpecError(self.name, f"sources.{source} is not declared")
-        path = self.folder / getattr(self.sources, source)
+        text = self._sql_file(f"sources.{source}", getattr(self.sources, source))
+        if not self.sources.shared:
+            return text
+        # Only the job's own files, trusted like code, are composed here; values stay parameters.
+        # NOT MATERIALIZED: the planner inlines each piece, so a chunk's key range still reaches it.
+        ctes = sql.SQL(",\n").join(
+            sql.SQL("{} as not materialized (\n{}\n)").format(
+                sql.Identifier(Path(file).stem), sql.SQL(self._sql_file("sources.shared", file))
+            )
+            for file in self.sources.shared
+        )
+        return sql.SQL("with {}\nselect * from (\n{}\n) as source").format(ctes, sql.SQL(text)).as_string()
+
+    def _sql_file(self, field: str, file: str) -> str:
+        path = self.folder / file
         if not path.is_file():
-            raise SpecError(self.name, f"sources.{source}: file {path} not found")
+            raise SpecError(self.name, f"{field}: file {path} not found")
         return path.read_text()
 
     @cached_property

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.fix_db"]
+pytest_plugins = ["tests.fixtures.fix_db", "tests.fixtures.fix_dask"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -10,8 +10,7 @@ from datetime import date, timedelta
 import psycopg
 from psycopg import sql
 
-from flows.score import with_workers
-from mlpipe.settings import Settings
+from flows.score import score_flow
 
 TODAY = date.today()
 
@@ -22,7 +21,7 @@ def days_ago(n: int) -> date:
 
 def score(job: str, day: date, model_version: str | None = None) -> dict:
     """Run the real Prefect scoring flow with the settings from the environment."""
-    return with_workers(Settings())(job=job, as_of=day, model_version=model_version)
+    return score_flow(job=job, as_of=day, model_version=model_version)
 
 
 def published(conn: psycopg.Connection, job: str = "churn") -> dict:

@@ -2,15 +2,12 @@
 -- The engine adds a key-range filter per chunk; the lateral joins keep each chunk's work local
 -- to its own customers through the (customer_id, *_at) indexes.
 with population as (
-    select customers.customer_id, customers.signup_at, customers.plan, customers.is_marketing_opt_in
-    from demo.customers as customers
-    where customers.signup_at < %(as_of)s::timestamptz
-        and not exists (
-            select
-            from demo.cancellations as cancellations
-            where cancellations.customer_id = customers.customer_id
-                and cancellations.canceled_at < %(as_of)s::timestamptz
-        )
+    select
+        active_customers.customer_id,
+        active_customers.signup_at,
+        active_customers.plan,
+        active_customers.is_marketing_opt_in
+    from active_customers
 ),
 
 final as (

@@ -9,7 +9,6 @@ from datetime import date
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mlpipe import db
@@ -27,6 +26,7 @@ from mlpipe.cli.common import (
 from mlpipe.cli.database import db_app
 from mlpipe.cli.models import models_app
 from mlpipe.errors import MlpipeError, UsageError
+from mlpipe.prefect_api import prefect_api
 
 app = typer.Typer(
     help="Precompute predictions for a whole population and publish them into PostgreSQL.",
@@ -83,11 +83,11 @@ def demo(
     """Set up everything on the embedded database: demo data, train, score today, publish, look up."""
     from psycopg import sql
 
-    from flows.score import with_workers
+    from flows.score import score_flow
     from flows.train import train_flow
     from mlpipe.demo import titanic, world
 
-    settings, url, spec = prepare("churn")
+    _, url, _ = prepare("churn")
     with console.status(f"generating a demo world of {entities:,} customers"), db.connection(url) as conn:
         summary = world.generate(conn, entities, seed=seed)
         titanic.load(conn)
@@ -95,12 +95,13 @@ def demo(
         f"demo world: {summary.entities:,} customers, {summary.events:,} events, "
         f"{summary.payments:,} payments, {summary.cancellations:,} cancellations"
     )
-    with console.status("training (monthly job)"):
-        trained = train_flow(job="churn")
-    _print_training(trained)
-    with console.status("scoring today's population (daily job)"):
-        result = with_workers(settings)(job="churn", as_of=date.today())
-    _print_score(result)
+    with prefect_api():
+        with console.status("training (monthly job)"):
+            trained = train_flow(job="churn")
+        _print_training(trained)
+        with console.status("scoring today's population (daily job)"):
+            result = score_flow(job="churn", as_of=date.today())
+        _print_score(result)
     with db.connection(url) as conn:
         sample = conn.execute(
             "select entity_id from predictions.churn order by score desc limit 1"
@@ -123,7 +124,7 @@ def train(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
 
     day = parse_day(as_of)
     _, _, spec = prepare(job)
-    with console.status(f"training {spec.name} as of {day}"):
+    with prefect_api(), console.status(f"training {spec.name} as of {day}"):
         result = train_flow(job=str(spec.folder / "job.yaml"), as_of=day)
     _print_training(result)
 
@@ -131,13 +132,13 @@ def train(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
 @app.command()
 def score(job: JobOption = "churn", as_of: AsOfOption = None, model: ModelOption = None) -> None:
     """Score the whole population as of a day and publish it atomically."""
-    from flows.score import with_workers
+    from flows.score import score_flow
 
     day = parse_day(as_of)
-    settings, _, spec = prepare(job)
+    _, _, spec = prepare(job)
     spec.check_as_of(day)
-    with console.status(f"scoring {spec.name} as of {day}"):
-        result = with_workers(settings)(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
+    with prefect_api(), console.status(f"scoring {spec.name} as of {day}"):
+        result = score_flow(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
     _print_score(result)
 
 
@@ -149,23 +150,25 @@ def backfill(
     model: ModelOption = None,
 ) -> None:
     """Score every day of a range as of that day; the latest view never moves backwards."""
-    from flows.score import with_workers
+    from flows.backfill import backfill_flow
     from mlpipe.score import days_between
 
-    days = days_between(parse_day(start, "--start"), parse_day(end, "--end"))
-    settings, _, spec = prepare(job)
-    flow = with_workers(settings)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(f"backfill {spec.name}", total=len(days))
-        for day in days:
-            progress.update(bar, description=f"backfill {spec.name} {day}")
-            result = flow(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
-            progress.console.print(
-                f"{day}: {result['rows_scored']:,} scored, "
-                f"{result['rows_quarantined']:,} quarantined (run {result['run_id']})"
-            )
-            progress.advance(bar)
+    first, last = parse_day(start, "--start"), parse_day(end, "--end")
+    days = days_between(first, last)
+    _, _, spec = prepare(job)
+    with prefect_api(), console.status(f"backfill {spec.name}: {len(days)} days, {first} to {last}"):
+        results = backfill_flow(job=str(spec.folder / "job.yaml"), start=first, end=last, model_version=model)
+    out = Table("as of", "run", "scored", "quarantined", "view", title=f"backfill {spec.name}")
+    for result in results:
+        view = "moved" if result["view_moved"] else "kept newer day"
+        out.add_row(
+            result["as_of"],
+            str(result["run_id"]),
+            f"{result['rows_scored']:,}",
+            f"{result['rows_quarantined']:,}",
+            view,
+        )
+    console.print(out)
 
 
 @app.command()

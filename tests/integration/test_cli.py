@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import date, timedelta
 
 import pytest
 
@@ -67,3 +68,16 @@ def test_db_status_url_and_models(db_url):
     assert "churn-v1" in models.stdout and "champion" in models.stdout
     runs = mlpipe("runs")
     assert runs.returncode == 0 and "train" in runs.stdout
+
+
+def test_backfill_runs_the_backfill_flow_and_reports_each_day(db_url, conn, prefect_api):
+    first, last = date.today() - timedelta(days=3), date.today() - timedelta(days=2)
+    days = ["--start", first.isoformat(), "--end", last.isoformat()]
+    out = mlpipe("backfill", *days, env={"PREFECT_API_URL": prefect_api})
+    assert out.returncode == 0, out.stderr
+    runs = conn.execute(
+        "select as_of, run_id from mlpipe.runs where kind = 'score' and status = 'published' order by as_of"
+    ).fetchall()
+    assert [day for day, _ in runs] == [first, last]
+    for day, run_id in runs:
+        assert f"{day} │ {run_id} " in out.stdout, out.stdout

@@ -1,4 +1,5 @@
-"""A scoring run killed with SIGKILL in a real subprocess leaves the published predictions as they were."""
+"""A scoring run killed with SIGKILL in a real subprocess leaves the published predictions as they were,
+and nothing the killed `mlpipe score` started outlives it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import time
 from contextlib import contextmanager
 
+import psutil
 import pytest
 from psycopg import sql
 
@@ -18,14 +20,18 @@ from tests.helpers import days_ago, history_days, population, published, score
 pytestmark = [pytest.mark.integration]
 
 
-def _start_cli_score(db_url: str, api_url: str, day) -> subprocess.Popen:
+def _start_cli_score(db_url: str, api_url: str | None, day, prefect_home=None) -> subprocess.Popen:
     env = {
         **os.environ,
         "MLPIPE_DATABASE_URL": db_url,
         "MLPIPE_CHUNK_ROWS": "100",
         "MLPIPE_WORKERS": "1",
-        "PREFECT_API_URL": api_url,  # the session's local Prefect API: no server start in the child
+        # the session's local Prefect API: no server start in the child; None: the child starts its own
+        "PREFECT_API_URL": api_url or "",
     }
+    if api_url is None:
+        env.pop("PREFECT_API_URL")
+        env["PREFECT_HOME"] = str(prefect_home)  # its own SQLite, not the user's ~/.prefect
     return subprocess.Popen(
         [sys.executable, "-m", "mlpipe.cli", "score", "--job", "churn", "--as-of", day.isoformat()],
         env=env,
@@ -156,3 +162,65 @@ def test_a_crashed_run_with_another_model_is_dropped_not_resumed(db_url, conn, p
         == "abandoned"
     )
     assert conn.execute("select to_regclass(%s)", [f"mlpipe_data.churn_r{crashed}"]).fetchone()[0] is None
+
+
+def _descendants_once_running(db_url, conn, day, tmp_path):
+    """Start `mlpipe score` without a Prefect API, hold it mid-run; yield it and its descendants."""
+    proc = _start_cli_score(db_url, None, day, prefect_home=tmp_path)
+    with connection(db_url) as blocker, _killed_at_the_end(proc):
+        _wait_for(conn, RUN_STARTED, [], proc)
+        blocker.execute("lock table demo.events in access exclusive mode")  # a chunk's extract waits
+        _wait_for(conn, WAITING_ON, ["copy (select%"], proc)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the command started its temporary Prefect API"
+        yield proc, children, blocker
+
+
+def _survivors(children: list[psutil.Process]) -> list[psutil.Process]:
+    """The children still running after a few seconds (a zombie has ended: its new parent reaps it)."""
+    deadline = time.monotonic() + 20
+    alive = children
+    while alive and time.monotonic() < deadline:
+        _, alive = psutil.wait_procs(alive, timeout=1)
+        alive = [p for p in alive if _running(p)]
+    for process in alive:  # do not leave them to the next test
+        process.kill()
+    return alive
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigkill_leaves_no_process_behind(db_url, conn, tmp_path):
+    for proc, children, _ in _descendants_once_running(db_url, conn, days_ago(1), tmp_path):
+        os.kill(proc.pid, signal.SIGKILL)  # the command only, as the OOM killer would
+        proc.wait(timeout=30)
+        assert _survivors(children) == [], "a process started by the killed command outlived it"
+
+
+# Prefect ends a flow stopped by SIGTERM by raising the signal again once the run is handled, so the
+# command dies of it, as a SIGTERMed process does; Ctrl-C ends it with the shell's 128 + SIGINT (Typer).
+ENDS = {
+    signal.SIGTERM: (-signal.SIGTERM, "Execution was aborted by a termination signal"),
+    signal.SIGINT: (128 + signal.SIGINT, "Execution was aborted by an interrupt signal"),
+}
+
+
+@pytest.mark.parametrize("signum", list(ENDS))
+def test_sigterm_or_ctrl_c_fails_the_run_and_stops_everything(db_url, conn, tmp_path, signum):
+    returncode, message = ENDS[signum]
+    for proc, children, blocker in _descendants_once_running(db_url, conn, days_ago(1), tmp_path):
+        os.kill(proc.pid, signum)
+        blocker.rollback()  # the chunk waiting on the lock finishes; the ones not started never start
+        proc.wait(timeout=60)
+        output = proc.stdout.read().decode()
+        assert proc.returncode == returncode, output
+        assert message in output, output
+        assert "Traceback" not in output and "Error logging to API" not in output, output
+        assert _survivors(children) == []
+    status, error = conn.execute("select status, error from mlpipe.runs where kind = 'score'").fetchone()
+    assert status == "failed" and error
