@@ -43,9 +43,10 @@ def build_deployments(job: str = "churn") -> list[RunnerDeployment]:
         ),
         score_flow.to_deployment(
             name=f"{job}-daily",
-            parameters={"job": job},
+            parameters={"job": job, "monitor": True},
             schedule=Cron(SCORE_CRON, timezone="UTC"),
-            description=f"Score the whole {job} population daily and publish it.",
+            description=f"Score the whole {job} population daily, publish it, then monitor drift and "
+            "performance (a crossed fail threshold fails the run).",
             tags=["mlpipe", job],
             entrypoint_type=BY_MODULE,
         ),

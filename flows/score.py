@@ -14,6 +14,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.monitor import monitor_task
 from mlpipe.chunks import ChunkResult, RunContext, score_chunk
 from mlpipe.db import DatabaseError, database_url
 from mlpipe.extract import Chunk
@@ -57,13 +58,20 @@ def task_runner_for(settings: Settings) -> TaskRunner:
 # The flow's own runner is unused: a decorator's runner is fixed at import time, and chunk tasks must
 # follow the settings of the process that runs the flow, so they go through `task_runner_for` below.
 @flow(name="mlpipe-score")
-def score_flow(job: str = "churn", as_of: date | None = None, model_version: str | None = None) -> dict:
-    """Score the job's whole population as of `as_of` (default today) and publish it."""
+def score_flow(
+    job: str = "churn", as_of: date | None = None, model_version: str | None = None, monitor: bool = False
+) -> dict:
+    """Score the job's whole population as of `as_of` (default today) and publish it; with `monitor`,
+    then bring its drift and performance up to date (the daily deployment does)."""
     settings = Settings()
     spec = load_job(job, settings)
+    day = as_of or date.today()
     with (
-        ScoringRun.begin(database_url(settings), settings, spec, as_of or date.today(), model_version) as run,
+        ScoringRun.begin(database_url(settings), settings, spec, day, model_version) as run,
         task_runner_for(settings) as runner,
     ):
         futures = runner.map(score_chunk_task, {"ctx": unmapped(run.context), "chunk": run.chunks})
-        return run.finish([future.result() for future in futures]).as_dict()
+        summary = run.finish([future.result() for future in futures]).as_dict()
+    if monitor:
+        summary["monitor"] = monitor_task(job, day)
+    return summary

@@ -70,6 +70,18 @@ class MonitorResult:
     def failed(self) -> list[Finding]:
         return [f for f in self.findings if f.level == "fail"]
 
+    def as_dict(self) -> dict:
+        """What the flow returns and the CLI prints."""
+        return {
+            "job": self.job,
+            "as_of": self.as_of.isoformat(),
+            "run_id": self.run_id,
+            "drift_days": [d.isoformat() for d in self.drift_days],
+            "performance_days": [d.isoformat() for d in self.performance_days],
+            "findings": [{"level": f.level, "message": str(f)} for f in self.findings],
+            "figures": self.figures,
+        }
+
 
 def monitor(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> MonitorResult:
     """Bring drift and performance up to date as of `as_of`, record them and judge the newest.
@@ -266,22 +278,22 @@ def _outcomes(spec: JobSpec):
 
 def judge(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> list[Finding]:
     """The job's thresholds on the newest day's drift and the newest matured day's performance."""
+    thresholds = spec.monitoring.drift
+    # The job's current thresholds, also on a day computed before they changed (the table follows).
+    levels = conn.execute(
+        """update mlpipe.drift set level = case when psi_reference >= %(fail)s then 'fail'
+                                                when psi_reference >= %(warn)s then 'warn' else 'ok' end
+           where job = %(job)s
+             and as_of = (select max(as_of) from mlpipe.drift where job = %(job)s and as_of <= %(as_of)s)
+           returning as_of, feature, psi_reference, level, reference""",
+        {"job": spec.name, "as_of": as_of, "warn": thresholds.warn, "fail": thresholds.fail},
+    ).fetchall()
     findings = [
         Finding(
-            level,
-            day,
-            f"drift of {feature}",
-            psi,
-            getattr(spec.monitoring.drift, level),
-            f"PSI against {reference}",
+            level, day, f"drift of {feature}", psi, getattr(thresholds, level), f"PSI against {reference}"
         )
-        for day, feature, psi, level, reference in conn.execute(
-            """select as_of, feature, psi_reference, level, reference from mlpipe.drift
-               where job = %(job)s and level <> 'ok'
-                 and as_of = (select max(as_of) from mlpipe.drift where job = %(job)s and as_of <= %(as_of)s)
-               order by level = 'fail' desc, psi_reference desc""",
-            {"job": spec.name, "as_of": as_of},
-        )
+        for day, feature, psi, level, reference in sorted(levels, key=lambda r: -r[2])
+        if level != "ok"
     ]
     metric = spec.model.metric if spec.model.metric in ("roc_auc", "pr_auc") else "roc_auc"
     row = conn.execute(

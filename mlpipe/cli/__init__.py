@@ -172,6 +172,18 @@ def backfill(
 
 
 @app.command()
+def monitor(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
+    """Bring drift and performance up to date and apply the job's thresholds (exit 1 on `fail`)."""
+    from flows.monitor import monitor_flow
+
+    day = parse_day(as_of)
+    _, _, spec = prepare(job)
+    with prefect_api(), console.status(f"monitoring {spec.name} as of {day}"):
+        result = monitor_flow(job=str(spec.folder / "job.yaml"), as_of=day)
+    _print_monitor(result)
+
+
+@app.command()
 def lookup(
     entity_id: Annotated[str, typer.Argument(help="The entity's key.")],
     job: JobOption = "churn",
@@ -288,6 +300,22 @@ def _print_training(result: dict) -> None:
     console.print(f"{result['model_version']}: {verdict}")
     for reason in result["decision"]["reasons"]:
         console.print(f"  - {reason}", highlight=False)
+
+
+def _print_monitor(result: dict) -> None:
+    figures = result["figures"]
+    console.print(
+        f"{result['job']} as of {result['as_of']}: drift computed for {len(result['drift_days'])} day(s), "
+        f"performance for {len(result['performance_days'])} day(s); recorded in mlpipe.drift and "
+        "mlpipe.performance",
+        highlight=False,
+    )
+    out = Table("figure", "value", title="newest figures")
+    for name, value in figures.items():
+        out.add_row(name, f"{value:.4f}" if isinstance(value, float) else cell(value))
+    console.print(out)
+    for finding in result["findings"]:
+        console.print(f"[yellow]{finding['level']}:[/] {finding['message']}", highlight=False, soft_wrap=True)
 
 
 def _print_score(result: dict) -> None:

@@ -3,6 +3,7 @@ itself, estimates for days not matured, drift from the histograms counted while 
 
 from __future__ import annotations
 
+import shutil
 from datetime import date, timedelta
 
 import numpy as np
@@ -12,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from mlpipe import monitor
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
-from tests.helpers import days_ago, score
+from tests.helpers import days_ago, run_cli, score
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -66,3 +67,29 @@ def test_monitor_records_realized_estimated_and_drift(conn):
     assert again.drift_days == [] and again.performance_days == [], "each day is computed once"
     later = monitor.monitor(conn, spec, recent + timedelta(days=spec.training.horizon_days))
     assert later.performance_days == [recent], "a day is computed again when it matures"
+
+
+def test_the_cli_prints_figures_and_a_crossed_fail_threshold_exits_1_in_one_line(conn, tmp_path, prefect_api):
+    day = days_ago(2)
+    score("churn", day)
+    env = {"PREFECT_API_URL": prefect_api}
+    ok = run_cli("monitor", "--job", "churn", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "worst_feature" in ok.stdout and "recorded in mlpipe.drift" in ok.stdout
+
+    # The same job with thresholds no day can meet: the monitor run fails, naming feature, value and day.
+    folder = tmp_path / "churn"
+    shutil.copytree(load_job("churn", Settings()).folder, folder)
+    spec_file = folder / "job.yaml"
+    spec_file.write_text(
+        spec_file.read_text() + "monitoring:\n  drift: {warn: 0.00001, fail: 0.00002}\n", encoding="utf-8"
+    )
+    failed = run_cli("monitor", "--job", str(spec_file), env=env)
+    assert failed.returncode == 1, failed.stdout
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: drift of "), failed.stderr
+    assert f"on {day} is " in lines[0] and "the job's fail threshold 2e-05" in lines[0]
+    status, error = conn.execute(
+        "select status, error from mlpipe.runs where kind = 'monitor' order by run_id desc limit 1"
+    ).fetchone()
+    assert status == "failed" and "MonitorAlert: drift of" in error

@@ -1,0 +1,43 @@
+"""Monitoring flow: drift and performance brought up to date for a job, judged, shown on the run."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from mlpipe import monitor
+from mlpipe.db import connection, database_url
+from mlpipe.settings import Settings
+from mlpipe.spec import load_job
+
+
+@task(name="monitor")
+def monitor_task(job: str, as_of: date) -> dict:
+    """Record the job's drift and performance as of a day; artifacts on the run; alert on `fail`."""
+    settings = Settings()
+    spec = load_job(job, settings)
+    with connection(database_url(settings), autocommit=True) as conn:
+        result = monitor.monitor(conn, spec, as_of)
+    summary = result.as_dict()
+    create_table_artifact(
+        table=[{"figure": name, "value": value} for name, value in result.figures.items()],
+        key=f"{spec.name.replace('_', '-')}-monitor",
+        description=f"{spec.name} as of {as_of}: key figures of the monitor",
+    )
+    findings = "\n".join(f"- **{f.level}**: {f}" for f in result.findings) or "- nothing crossed a threshold"
+    create_markdown_artifact(
+        markdown=f"## {spec.name} as of {as_of}\n\n{findings}\n\n"
+        "Query `mlpipe.performance` and `mlpipe.drift`, or run "
+        f"`mlpipe report --job {spec.name}` for the charts.",
+        key=f"{spec.name.replace('_', '-')}-findings",
+    )
+    monitor.raise_on_failure(result)
+    return summary
+
+
+@flow(name="mlpipe-monitor")
+def monitor_flow(job: str = "churn", as_of: date | None = None) -> dict:
+    """Monitor the job as of `as_of` (default today); a crossed `fail` threshold fails the run."""
+    return monitor_task(job, as_of or date.today())
