@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.runner import Runner
 
@@ -33,7 +34,8 @@ def test_deployments_register_with_their_schedules(prefect_api):
     }
     assert crons == {"churn-monthly": [(TRAIN_CRON, "UTC")], "churn-daily": [(SCORE_CRON, "UTC")]}
     assert TRAIN_CRON == "0 3 1 * *", "training runs on the 1st of each month"
-    assert all(d.parameters == {"job": "churn"} for d in registered.values())
+    assert registered["churn-monthly"].parameters == {"job": "churn"}
+    assert registered["churn-daily"].parameters == {"job": "churn", "monitor": True}
 
 
 def test_a_served_daily_run_scores_on_the_dask_cluster(conn, dask_cluster, monkeypatch):
@@ -52,11 +54,14 @@ def test_a_served_daily_run_scores_on_the_dask_cluster(conn, dask_cluster, monke
         )
         await runner.start(run_once=True)  # executes the due run in a subprocess, as `serve` does
         async with get_client() as client:
-            return await client.read_flow_run(scheduled.id)
+            artifacts = await client.read_artifacts(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[scheduled.id]))
+            )
+            return await client.read_flow_run(scheduled.id), artifacts
 
     sigterm = signal.getsignal(signal.SIGTERM)  # the runner takes SIGTERM over; give it back
     try:
-        flow_run = asyncio.run(serve_one_run())
+        flow_run, artifacts = asyncio.run(serve_one_run())
     finally:
         signal.signal(signal.SIGTERM, sigterm)
 
@@ -67,3 +72,10 @@ def test_a_served_daily_run_scores_on_the_dask_cluster(conn, dask_cluster, monke
     ).fetchone()
     assert chunks > 1
     assert chunk_writers(conn, run_id) <= worker_pids, "every chunk was written by a Dask worker process"
+    # The daily run then monitors: recorded, and its figures and findings shown on the run in the UI.
+    assert conn.execute(
+        "select status from mlpipe.runs where kind = 'monitor' and as_of = %s", [day]
+    ).fetchone() == ("succeeded",)
+    shown = {a.key: a for a in artifacts}
+    assert {"churn-monitor", "churn-findings"} <= set(shown)
+    assert shown["churn-monitor"].type == "table" and "rows_scored" in str(shown["churn-monitor"].data)
