@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from mlpipe import drift, performance, runs
-from mlpipe.errors import MlpipeError, RunLockedError
+from mlpipe.errors import MlpipeError
 from mlpipe.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,7 @@ def monitor(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> MonitorResu
     """Bring drift and performance up to date as of `as_of`, record them and judge the newest.
     `conn` is an autocommit connection; the run holds the job's monitor lock on it."""
     started = time.monotonic()
-    if not runs.try_lock(conn, "monitor", spec.name):
-        raise RunLockedError(
-            f"{runs.lock_holder(conn, 'monitor', spec.name)} is already monitoring {spec.name}; "
-            "wait for it to finish and run again"
-        )
-    for dead in runs.crashed(conn, "monitor", spec.name):
-        runs.abandon(conn, dead.run_id)
-    run_id = runs.start(conn, "monitor", spec.name, as_of)
+    run_id = runs.start_exclusive(conn, "monitor", spec.name, as_of)
     result = MonitorResult(spec.name, as_of, run_id)
     try:
         days = published_days(conn, spec, as_of)

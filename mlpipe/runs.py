@@ -7,6 +7,7 @@ marked `running` that the next run finds, knowing it died: it is resumed or mark
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -16,7 +17,11 @@ from typing import Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
+from mlpipe.errors import RunLockedError
+
 Kind = Literal["score", "train", "monitor"]
+
+log = logging.getLogger(__name__)
 
 ABANDONED = "the process ended without finishing (crash or kill); not resumable"
 
@@ -56,6 +61,21 @@ def lock_holder(conn: psycopg.Connection, kind: Kind, job: str, as_of: date | No
     if row is None:
         return "another run"
     return f"run {row[0]} (pid {row[2]} on {row[1]}, started {row[3]:%Y-%m-%d %H:%M:%S})"
+
+
+def start_exclusive(conn: psycopg.Connection, kind: Kind, job: str, as_of: date) -> int:
+    """Start a training or monitor run, one per job at a time: take the job's lock on `conn` (or
+    fail naming the holder) and mark the job's dead runs of this kind abandoned."""
+    if not try_lock(conn, kind, job):
+        doing = {"train": "training", "monitor": "monitoring", "score": "scoring"}[kind]
+        raise RunLockedError(
+            f"{lock_holder(conn, kind, job)} is already {doing} {job}; "
+            "wait for it to finish (`mlpipe runs`) and run again"
+        )
+    for dead in crashed(conn, kind, job):
+        abandon(conn, dead.run_id)
+        log.warning("%s run %s of %s died without finishing; marked abandoned", kind, dead.run_id, job)
+    return start(conn, kind, job, as_of)
 
 
 def start(

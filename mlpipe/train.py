@@ -14,7 +14,6 @@ import psycopg
 import mlpipe
 from mlpipe import artifacts, behaviour, drift, explain, registry, runs
 from mlpipe.candidates import calibrate, search
-from mlpipe.errors import RunLockedError
 from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
 from mlpipe.features import baseline_values, matrix_columns
 from mlpipe.registry import ModelVersion
@@ -62,15 +61,7 @@ def train(conn: psycopg.Connection, settings: Settings, spec: JobSpec, as_of: da
     (an error, Ctrl-C, SIGTERM) marks it failed."""
     started = time.monotonic()
     deadline = started + spec.training.time_budget_s
-    if not runs.try_lock(conn, "train", spec.name):
-        raise RunLockedError(
-            f"{runs.lock_holder(conn, 'train', spec.name)} is already training {spec.name}; "
-            "wait for it to finish (`mlpipe runs`) and run again"
-        )
-    for dead in runs.crashed(conn, "train", spec.name):
-        runs.abandon(conn, dead.run_id)
-        log.warning("training run %s of %s died without finishing; marked abandoned", dead.run_id, spec.name)
-    run_id = runs.start(conn, "train", spec.name, as_of)
+    run_id = runs.start_exclusive(conn, "train", spec.name, as_of)
     conn.commit()
     try:
         result = _train(conn, settings, spec, as_of, run_id, deadline)

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import date, timedelta
 
 import pytest
 
 from mlpipe.db import migration_files
+from tests.helpers import run_cli as mlpipe
 
 pytestmark = [pytest.mark.integration]
-
-
-def mlpipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mlpipe.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=300,
-    )
 
 
 @pytest.mark.parametrize(

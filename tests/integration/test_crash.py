@@ -5,74 +5,27 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 
 import psutil
 import pytest
 from psycopg import sql
 
 from mlpipe.db import connection
+from tests.fixtures.processes import (
+    DONE_ALL,
+    DONE_SOME,
+    RUN_STARTED,
+    WAITING_ON,
+    killed_at_the_end,
+    start_cli_score,
+    wait_for,
+)
 from tests.helpers import days_ago, history_days, population, published, score
 
 pytestmark = [pytest.mark.integration]
 
 
-def _start_cli_score(db_url: str, api_url: str | None, day, prefect_home=None) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "MLPIPE_DATABASE_URL": db_url,
-        "MLPIPE_CHUNK_ROWS": "100",
-        "MLPIPE_WORKERS": "1",
-        # the session's local Prefect API: no server start in the child; None: the child starts its own
-        "PREFECT_API_URL": api_url or "",
-    }
-    if api_url is None:
-        env.pop("PREFECT_API_URL")
-        env["PREFECT_HOME"] = str(prefect_home)  # its own SQLite, not the user's ~/.prefect
-    return subprocess.Popen(
-        [sys.executable, "-m", "mlpipe.cli", "score", "--job", "churn", "--as-of", day.isoformat()],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-@contextmanager
-def _killed_at_the_end(proc: subprocess.Popen):
-    """SIGKILL the run's process group when the block ends (the kill point), however it ends."""
-    try:
-        yield
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
-def _wait_for(conn, query: str, params: list, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if conn.execute(query, params).fetchone()[0]:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended before the kill point: {proc.stdout.read().decode()}")
-        time.sleep(0.01)
-    raise AssertionError("the kill point was never reached")
-
-
-RUN_STARTED = "select count(*) > 0 from mlpipe.runs where status = 'running' and plan is not null"
-WAITING_ON = "select count(*) > 0 from pg_stat_activity where wait_event_type = 'Lock' and query ilike %s"
-DONE_SOME = (
-    "select count(*) > 0 from mlpipe.run_chunks c join mlpipe.runs r using (run_id) "
-    "where r.status = 'running'"
-)
-DONE_ALL = (
-    "select count(*) > 0 from mlpipe.runs r where r.status = 'running' "
-    "and r.chunks = (select count(*) from mlpipe.run_chunks c where c.run_id = r.run_id)"
-)
 # Each kill point: (table a blocker locks, lock mode, lock only once the run has started,
 # the query that says the run has reached the point, its parameters).
 KILL_POINTS = {
@@ -98,12 +51,12 @@ def test_sigkill_mid_run_leaves_predictions_untouched(db_url, conn, prefect_api,
     with connection(db_url) as blocker:
         if not after_start:
             blocker.execute(lock)
-        proc = _start_cli_score(db_url, prefect_api, crashed_day)
-        with _killed_at_the_end(proc):
+        proc = start_cli_score(db_url, prefect_api, crashed_day)
+        with killed_at_the_end(proc):
             if after_start:
-                _wait_for(conn, RUN_STARTED, [], proc)
+                wait_for(conn, RUN_STARTED, [], proc)
                 blocker.execute(lock)
-            _wait_for(conn, reached, params, proc)
+            wait_for(conn, reached, params, proc)
         blocker.rollback()
 
     assert proc.returncode == -signal.SIGKILL
@@ -147,9 +100,9 @@ def test_a_crashed_run_with_another_model_is_dropped_not_resumed(db_url, conn, p
     score("churn", days_ago(3))  # the job's tables exist from the first published day on
     with connection(db_url) as blocker:
         blocker.execute("lock table predictions.churn_history in share mode")
-        proc = _start_cli_score(db_url, prefect_api, day)
-        with _killed_at_the_end(proc):
-            _wait_for(conn, DONE_SOME, [], proc)
+        proc = start_cli_score(db_url, prefect_api, day)
+        with killed_at_the_end(proc):
+            wait_for(conn, DONE_SOME, [], proc)
         blocker.rollback()
     crashed = conn.execute("select run_id from mlpipe.runs where status = 'running'").fetchone()[0]
     conn.execute("update mlpipe.runs set model_id = null where run_id = %s", [crashed])  # as if another model
@@ -166,11 +119,11 @@ def test_a_crashed_run_with_another_model_is_dropped_not_resumed(db_url, conn, p
 
 def _descendants_once_running(db_url, conn, day, tmp_path):
     """Start `mlpipe score` without a Prefect API, hold it mid-run; yield it and its descendants."""
-    proc = _start_cli_score(db_url, None, day, prefect_home=tmp_path)
-    with connection(db_url) as blocker, _killed_at_the_end(proc):
-        _wait_for(conn, RUN_STARTED, [], proc)
+    proc = start_cli_score(db_url, None, day, prefect_home=tmp_path)
+    with connection(db_url) as blocker, killed_at_the_end(proc):
+        wait_for(conn, RUN_STARTED, [], proc)
         blocker.execute("lock table demo.events in access exclusive mode")  # a chunk's extract waits
-        _wait_for(conn, WAITING_ON, ["copy (select%"], proc)
+        wait_for(conn, WAITING_ON, ["copy (select%"], proc)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "the command started its temporary Prefect API"
         yield proc, children, blocker

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mlpipe.db import connect, connection
+from tests.fixtures.processes import RUN_STARTED, WAITING_ON, start_cli_score, wait_for
 from tests.helpers import days_ago, history_days, population, score
-from tests.integration.test_crash import RUN_STARTED, WAITING_ON, _start_cli_score, _wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -19,10 +19,10 @@ pytestmark = [pytest.mark.integration]
 def _block_extract_and_start(db_url, conn, prefect_api, day):
     """Start a run and hold its chunks at extract (demo.events locked once planning is done)."""
     blocker = connect(db_url)
-    proc = _start_cli_score(db_url, prefect_api, day)
-    _wait_for(conn, RUN_STARTED, [], proc)
+    proc = start_cli_score(db_url, prefect_api, day)
+    wait_for(conn, RUN_STARTED, [], proc)
     blocker.execute("lock table demo.events in access exclusive mode")
-    _wait_for(conn, WAITING_ON, ["copy (select%"], proc)
+    wait_for(conn, WAITING_ON, ["copy (select%"], proc)
     return blocker, proc
 
 

@@ -12,7 +12,7 @@ from mlpipe import registry
 from mlpipe.db import connection
 from mlpipe.errors import ArtifactError
 from tests.helpers import days_ago, published, score
-from tests.integration.test_cli import mlpipe
+from tests.helpers import run_cli as mlpipe
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

@@ -16,7 +16,7 @@ from mlpipe.db import connect
 from mlpipe.errors import RunLockedError
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
-from tests.integration.test_crash import _wait_for
+from tests.fixtures.processes import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -44,7 +44,7 @@ def test_a_killed_training_is_abandoned_and_a_bad_training_set_is_one_line(db_ur
     before = len(_train_runs(conn))
     proc = _cli(db_url, prefect_api, "train", "--job", "churn")
     try:
-        _wait_for(conn, TRAINING_STARTED, [], proc)
+        wait_for(conn, TRAINING_STARTED, [], proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -58,7 +58,7 @@ def test_a_killed_training_is_abandoned_and_a_bad_training_set_is_one_line(db_ur
     assert proc.returncode == 1, out.decode()
     assert lines[-1].startswith("error: job churn: the training set as of 2001-01-01"), lines
     assert lines[:-1] == [
-        f"WARNING mlpipe.train: training run {killed[0]} of churn died without finishing; marked abandoned"
+        f"WARNING mlpipe.runs: train run {killed[0]} of churn died without finishing; marked abandoned"
     ], "the error is one line, after the abandoned run's notice"
 
     runs = {run_id: (status, error) for run_id, status, error in _train_runs(conn)}
