@@ -4,9 +4,10 @@ Each run builds its own CollectorRegistry (nothing global, nothing at import) ho
 it knows, then:
 - with MLPIPE_PUSHGATEWAY_URL, pushes it under job="mlpipe" and the grouping key {mlpipe_job, kind}
   (kind: score or monitor), so a job's score and monitor runs keep separate groups. A successful run
-  replaces its group (PUT); a failed monitor run only replaces the metrics it sends (POST), so the
-  group keeps the last success timestamp. The pushed metrics carry no label of the grouping key
-  (the Pushgateway adds them) and never `job`, which belongs to the gateway;
+  replaces its group (PUT); a failed run (record_failure, or a monitor past a fail threshold) only
+  replaces the metrics it sends (POST), so the group keeps the last success's timestamp and figures.
+  The pushed metrics carry no label of the grouping key (the Pushgateway adds them) and never `job`,
+  which belongs to the gateway;
 - with MLPIPE_METRICS_FILE, writes the node-exporter textfile format to that one file, every line
   labelled {mlpipe_job, kind}: the run replaces its own job and kind's lines (with the same rule as the
   push) and keeps every other job's, under a lock beside the file, by an atomic rename.
@@ -37,6 +38,7 @@ STAGES = ("plan", "chunks", "gate", "index", "publish", "total")
 HELP = {
     "mlpipe_last_success_timestamp_seconds": "Unix time the last successful run of this kind finished.",
     "mlpipe_last_run_timestamp_seconds": "Unix time the last run of this kind finished, failed or not.",
+    "mlpipe_last_failure_timestamp_seconds": "Unix time the last run of this kind raised an error.",
     "mlpipe_day_timestamp_seconds": "The run's day (score: as_of; monitor: newest published day) at UTC 0h.",
     "mlpipe_rows_scored": "Rows the scoring run published.",
     "mlpipe_rows_quarantined": "Rows the scoring run quarantined.",
@@ -93,6 +95,16 @@ def record_monitor(
         )
     # A failed run keeps the group's last success: only the metrics it sends are replaced.
     _emit(settings, job, "monitor", samples, replace_all=not failed)
+
+
+def record_failure(settings: Settings, job: str, kind: str) -> None:
+    """Mark a run of `kind` (score or monitor) that raised: its group keeps the last success's figures."""
+    now = time.time()
+    samples = [
+        Sample("mlpipe_last_run_timestamp_seconds", {}, now),
+        Sample("mlpipe_last_failure_timestamp_seconds", {}, now),
+    ]
+    _emit(settings, job, kind, samples, replace_all=False)
 
 
 def _known(name: str, labels: dict[str, str], value: float | None) -> list[Sample]:

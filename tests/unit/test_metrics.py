@@ -120,6 +120,23 @@ def test_a_run_replaces_its_own_lines_and_a_failed_monitor_keeps_the_last_succes
     assert not any(name == "mlpipe_realized_roc_auc" for name, _ in again), "a success replaces the group"
 
 
+def test_a_failed_scoring_run_keeps_the_last_successful_figures(tmp_path):
+    path = tmp_path / "mlpipe.prom"
+    settings = Settings(metrics_file=path)
+    metrics.record_score(settings, SUMMARY)
+    before = _samples(path.read_text())
+
+    metrics.record_failure(settings, "churn", "score")
+
+    after = _samples(path.read_text())
+    score = {"mlpipe_job": "churn", "kind": "score"}
+    assert _value(after, "mlpipe_rows_scored", **score) == 1000
+    success = _value(after, "mlpipe_last_success_timestamp_seconds", **score)
+    assert success == _value(before, "mlpipe_last_success_timestamp_seconds", **score)
+    assert _value(after, "mlpipe_last_failure_timestamp_seconds", **score) >= success
+    assert _value(after, "mlpipe_last_run_timestamp_seconds", **score) >= success
+
+
 def test_an_unreadable_metrics_file_is_written_anew(tmp_path, caplog):
     path = tmp_path / "mlpipe.prom"
     path.write_text("this is { not the text format\n")
