@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         default=50, ge=1, description="Publish waits this long for readers (and new lookups wait on it)."
     )
     publish_retries: int = Field(default=50, ge=1, description="Publish attempts before giving up.")
+    pushgateway_url: str | None = Field(
+        default=None, description="Prometheus Pushgateway that each score and monitor run pushes to."
+    )
+    metrics_file: Path | None = Field(
+        default=None, description="node-exporter textfile (.prom) holding the newest metrics of every job."
+    )
 
     @property
     def artifact_store(self) -> Path:
