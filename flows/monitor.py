@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlpipe import monitor
+from mlpipe import metrics, monitor
 from mlpipe.db import connection, database_url
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
@@ -18,8 +19,16 @@ def monitor_task(job: str, as_of: date) -> dict:
     """Record the job's drift and performance as of a day; artifacts on the run; alert on `fail`."""
     settings = Settings()
     spec = load_job(job, settings)
-    with connection(database_url(settings), autocommit=True) as conn:
-        result = monitor.monitor(conn, spec, as_of)
+    started = time.monotonic()
+    try:
+        with connection(database_url(settings), autocommit=True) as conn:
+            result = monitor.monitor(conn, spec, as_of)
+    except BaseException:
+        metrics.record_failure(settings, spec.name, "monitor")
+        raise
+    metrics.record_monitor(
+        settings, spec.name, result.figures, bool(result.failed), seconds=time.monotonic() - started
+    )
     summary = result.as_dict()
     create_table_artifact(
         table=[{"figure": name, "value": value} for name, value in result.figures.items()],

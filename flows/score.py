@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.monitor import monitor_task
+from mlpipe import metrics
 from mlpipe.chunks import ChunkResult, RunContext, score_chunk
 from mlpipe.db import DatabaseError, database_url
 from mlpipe.extract import Chunk
@@ -66,12 +67,17 @@ def score_flow(
     settings = Settings()
     spec = load_job(job, settings)
     day = as_of or date.today()
-    with (
-        ScoringRun.begin(database_url(settings), settings, spec, day, model_version) as run,
-        task_runner_for(settings) as runner,
-    ):
-        futures = runner.map(score_chunk_task, {"ctx": unmapped(run.context), "chunk": run.chunks})
-        summary = run.finish([future.result() for future in futures]).as_dict()
+    try:
+        with (
+            ScoringRun.begin(database_url(settings), settings, spec, day, model_version) as run,
+            task_runner_for(settings) as runner,
+        ):
+            futures = runner.map(score_chunk_task, {"ctx": unmapped(run.context), "chunk": run.chunks})
+            summary = run.finish([future.result() for future in futures]).as_dict()
+    except BaseException:
+        metrics.record_failure(settings, spec.name, "score")
+        raise
+    metrics.record_score(settings, summary)
     if monitor:
         summary["monitor"] = monitor_task(job, day)
     return summary
