@@ -76,11 +76,13 @@ def build_report(conn: psycopg.Connection, spec: JobSpec, days: int = 90, as_of:
     )
 
 
-def write_report(conn: psycopg.Connection, spec: JobSpec, out: Path, days: int = 90) -> Path:
+def write_report(
+    conn: psycopg.Connection, spec: JobSpec, out: Path, days: int = 90, as_of: date | None = None
+) -> Path:
     """Build the report and write it to `out` (folders made as needed); returns the path written."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(conn, spec, days), encoding="utf-8")
+    out.write_text(build_report(conn, spec, days, as_of), encoding="utf-8")
     log.info("%s: report of %d days written to %s (%d bytes)", spec.name, days, out, out.stat().st_size)
     return out
 
@@ -172,7 +174,7 @@ def _run_health(conn: psycopg.Connection, w: Window) -> str:
     return "".join(parts)
 
 
-def _quantiles(counts: list[int], edges: list[float]) -> dict | None:
+def histogram_quantiles(counts: list[int], edges: list[float]) -> dict | None:
     """Approximate 10th, 50th, 90th percentiles and mean of a score histogram (linear within bins)."""
     inner = counts[2 : 2 + len(edges) - 1]
     total = sum(inner)
@@ -202,7 +204,7 @@ def _score_distribution(conn: psycopg.Connection, w: Window) -> str:
         if not counts or not reference:
             continue
         for source, values in (("scored day", counts), ("training", reference["counts"])):
-            figures = _quantiles(values, reference["edges"])
+            figures = histogram_quantiles(values, reference["edges"])
             if figures:
                 records.append({"day": day.isoformat(), "source": source, **figures})
     if not records:

@@ -64,13 +64,13 @@ def score_quantiles(rows: list[dict]) -> alt.LayerChart:
     data = alt.Data(values=rows)
     training = alt.Chart(data).transform_filter("datum.source == 'training'")
     day = alt.Chart(data).transform_filter("datum.source == 'scored day'")
-    band = training.mark_area(opacity=0.3, color="#999999", interpolate="step-after").encode(
+    band = training.mark_area(opacity=0.35, color="#999999", interpolate="step-after").encode(
         _day(), alt.Y("p10:Q", title="score"), alt.Y2("p90:Q")
     )
     median = training.mark_line(color="#777777", strokeDash=[5, 4], interpolate="step-after").encode(
         _day(), alt.Y("p50:Q")
     )
-    spread = day.mark_rule(color="#4c78a8", strokeWidth=3, opacity=0.6).encode(
+    spread = day.mark_rule(color="#4c78a8", strokeWidth=2, opacity=0.45).encode(
         _day(), alt.Y("p10:Q"), alt.Y2("p90:Q")
     )
     middle = day.mark_circle(color="#1f4e79", size=40, opacity=1).encode(_day(), alt.Y("p50:Q"))
@@ -108,20 +108,32 @@ def performance(rows: list[dict], title: str) -> alt.LayerChart:
         .mark_area(opacity=0.2)
         .encode(_day(), alt.Y("roc_auc_lo:Q", title="ROC AUC"), alt.Y2("roc_auc_hi:Q"), color)
     )
+    figure = alt.StrokeDash(
+        "figure:N",
+        title=None,
+        scale=alt.Scale(domain=["realized", "estimated"], range=[[1, 0], [6, 3]]),
+        legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555555"),
+    )
     lines = (
         alt.Chart(data)
         .transform_fold(["realized", "estimated"], as_=["figure", "value"])
         .transform_filter("datum.value != null")
-        .mark_line(point=True)
+        .mark_line(strokeWidth=1.6)
         .encode(
             _day(),
             alt.Y("value:Q", title="ROC AUC", scale=alt.Scale(zero=False)),
             color,
-            alt.StrokeDash("figure:N", title=None, sort=["realized", "estimated"]),
+            figure,
             alt.Detail("series:N"),
         )
     )
-    return (band + lines).properties(width=WIDTH, height=HEIGHT + 40, title=title)
+    points = (
+        alt.Chart(data)
+        .transform_filter("datum.realized != null")
+        .mark_circle(size=14, opacity=1)
+        .encode(_day(), alt.Y("realized:Q"), color)
+    )
+    return (band + lines + points).properties(width=WIDTH, height=HEIGHT + 40, title=title)
 
 
 def calibration(rows: list[dict], title: str) -> alt.LayerChart:

@@ -90,12 +90,14 @@ class _Browser:
         path.write_bytes(base64.b64decode(shot["data"]))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def chromium() -> Iterator[str]:
-    """A headless Chromium with a DevTools port; the DevTools websocket URL of its first page."""
+    """A fresh headless Chromium with a DevTools port (nothing replayed from another test's page); the
+    DevTools websocket URL of its first page."""
     binary = shutil.which("chromium")
     assert binary, "Debian's chromium is not installed: .ci/run installs it (apt-get install -y chromium)"
-    profile = tempfile.mkdtemp(prefix="mlpipe-chromium-")
+    profile = Path(tempfile.mkdtemp(prefix="mlpipe-chromium-"))
+    log = (profile / "stderr.log").open("w")  # a file, not a pipe: nothing blocks if nobody reads it
     process = subprocess.Popen(
         [
             binary,
@@ -103,29 +105,31 @@ def chromium() -> Iterator[str]:
             "--no-sandbox",
             "--disable-gpu",
             "--remote-debugging-port=0",
-            f"--user-data-dir={profile}",
+            f"--user-data-dir={profile / 'user'}",
             "--no-first-run",
             "--window-size=1400,3000",
             "about:blank",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log,
     )
     try:
-        port = None
-        for line in process.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
-            found = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
-            if found:
-                port = found.group(1)
-                break
-        assert port, "chromium did not open its DevTools port"
+        port, deadline = None, time.monotonic() + 60
+        while port is None and time.monotonic() < deadline and process.poll() is None:
+            # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
+            found = re.search(
+                r"DevTools listening on ws://[^:]+:(\d+)/", (profile / "stderr.log").read_text()
+            )
+            port = found and found.group(1)
+            time.sleep(0.1)
+        assert port, f"chromium did not open its DevTools port: {(profile / 'stderr.log').read_text()[-500:]}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as answer:
             pages = [t for t in json.load(answer) if t["type"] == "page"]
         yield pages[0]["webSocketDebuggerUrl"]
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
         shutil.rmtree(profile, ignore_errors=True)
 
 
