@@ -8,7 +8,7 @@ from datetime import date
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlpipe import metrics, monitor
+from mlpipe import metrics, monitor, report
 from mlpipe.db import connection, database_url
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
@@ -23,13 +23,14 @@ def monitor_task(job: str, as_of: date) -> dict:
     try:
         with connection(database_url(settings), autocommit=True) as conn:
             result = monitor.monitor(conn, spec, as_of)
+            report_path = report.write_report(conn, spec, report.default_path(settings, spec), as_of=as_of)
     except BaseException:
         metrics.record_failure(settings, spec.name, "monitor")
         raise
     metrics.record_monitor(
         settings, spec.name, result.figures, bool(result.failed), seconds=time.monotonic() - started
     )
-    summary = result.as_dict()
+    summary = {**result.as_dict(), "report": str(report_path)}
     create_table_artifact(
         table=[{"figure": name, "value": value} for name, value in result.figures.items()],
         key=f"{spec.name.replace('_', '-')}-monitor",
@@ -38,8 +39,8 @@ def monitor_task(job: str, as_of: date) -> dict:
     findings = "\n".join(f"- **{f.level}**: {f}" for f in result.findings) or "- nothing crossed a threshold"
     create_markdown_artifact(
         markdown=f"## {spec.name} as of {as_of}\n\n{findings}\n\n"
-        "Query `mlpipe.performance` and `mlpipe.drift`, or run "
-        f"`mlpipe report --job {spec.name}` for the charts.",
+        f"The report with charts (one file, opens offline): `{report_path}`.\n\n"
+        "Analysts: query `mlpipe.performance` and `mlpipe.drift`.",
         key=f"{spec.name.replace('_', '-')}-findings",
     )
     monitor.raise_on_failure(result)

@@ -17,6 +17,7 @@ import psycopg
 
 from mlpipe import monitor
 from mlpipe import report_charts as charts
+from mlpipe.settings import Settings
 from mlpipe.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ def build_report(conn: psycopg.Connection, spec: JobSpec, days: int = 90, as_of:
         f'<p class="meta">{_esc(f"{window.start} to {window.end} ({days} days); generated ")}'
         f"{_esc(datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'))}</p>{body}</body></html>"
     )
+
+
+def default_path(settings: Settings, spec: JobSpec) -> Path:
+    """Where the monitor keeps a job's newest report: MLPIPE_HOME/reports/<job>.html."""
+    return settings.home / "reports" / f"{spec.name}.html"
 
 
 def write_report(

@@ -184,6 +184,30 @@ def monitor(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
 
 
 @app.command()
+def report(
+    job: JobOption = "churn",
+    days: Annotated[int, typer.Option(min=1, help="Days of history to show.")] = 90,
+    out: Annotated[
+        str | None, typer.Option(help="HTML file to write (default MLPIPE_HOME/reports/JOB.html).")
+    ] = None,
+    as_of: AsOfOption = None,
+) -> None:
+    """Write the monitoring report: one self-contained HTML file with charts that opens offline."""
+    from pathlib import Path
+
+    from mlpipe import report as reports
+
+    day = parse_day(as_of)
+    settings, url, spec = prepare(job)
+    target = Path(out) if out else reports.default_path(settings, spec)
+    with db.connection(url, autocommit=True) as conn, console.status(f"building the report of {spec.name}"):
+        written = reports.write_report(conn, spec, target, days, day)
+    console.print(
+        f"report of {spec.name} ({days} days to {day}): {written.resolve()}", highlight=False, soft_wrap=True
+    )
+
+
+@app.command()
 def lookup(
     entity_id: Annotated[str, typer.Argument(help="The entity's key.")],
     job: JobOption = "churn",
@@ -314,6 +338,7 @@ def _print_monitor(result: dict) -> None:
     for name, value in figures.items():
         out.add_row(name, f"{value:.4f}" if isinstance(value, float) else cell(value))
     console.print(out)
+    console.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
     for finding in result["findings"]:
         console.print(f"[yellow]{finding['level']}:[/] {finding['message']}", highlight=False, soft_wrap=True)
 

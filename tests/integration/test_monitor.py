@@ -76,6 +76,11 @@ def test_the_cli_prints_figures_and_a_crossed_fail_threshold_exits_1_in_one_line
     ok = run_cli("monitor", "--job", "churn", env=env)
     assert ok.returncode == 0, ok.stderr
     assert "worst_feature" in ok.stdout and "recorded in mlpipe.drift" in ok.stdout
+    assert "report: " in ok.stdout and "churn.html" in ok.stdout, "the monitor keeps the newest report"
+    out = tmp_path / "report.html"
+    written = run_cli("report", "--job", "churn", "--days", "30", "--out", str(out))
+    assert written.returncode == 0 and str(out) in written.stdout, written.stderr
+    assert out.read_text().count("<svg") >= 3, "a self-contained report with its charts inline"
 
     # The same job with thresholds no day can meet: the monitor run fails, naming feature, value and day.
     folder = tmp_path / "churn"
