@@ -3,7 +3,7 @@
 The world's history ends today. The churn model is trained as of the first scored day; every day of
 the period is then scored with the real scoring flow and the monitor runs as of that day, as a daily
 deployment would. Half way through (`shift_day`) a new acquisition channel brings customers with far
-fewer sessions (sessions_30d drifts) and a price rise makes the basic plan churn more (the inputs do not
+fewer sessions (sessions_30d drifts) and a price rise makes the premium plan churn more (the inputs do not
 show it: realized AUC falls, the estimate does not). The flows read their settings from the
 environment (MLPIPE_DATABASE_URL, MLPIPE_HOME), so those must point where `url` and `settings` do.
 """

@@ -83,10 +83,10 @@ class DriftScenario:
     shift_day: date
     founded_days: int = 3650
     channel_share: float = 0.3  # channel customers, as a share of `entities`
-    channel_days: float = 3.0  # they sign up uniformly over this many days from shift_day
+    channel_days: float = 2.0  # they sign up uniformly over this many days from shift_day
     channel_activity: float = 0.15  # their sessions per day relative to the world's customers
-    price_plan: str = "basic"
-    price_hazard: float = 0.01  # extra daily cancellation chance of that plan from shift_day
+    price_plan: str = "premium"  # the plan the model learned is the most loyal
+    price_hazard: float = 0.008  # extra daily cancellation chance of that plan from shift_day
 
     def offset(self, start: datetime) -> float:
         """shift_day in days since the world's start."""
@@ -136,14 +136,16 @@ def generate(
 def _blocks(rng: np.random.Generator, entities: int, start: datetime, history: int, scenario):
     """The tables of each block: the world's customers, then the scenario's channel."""
     everyone = entities if scenario is None else int(round(entities * history / HISTORY_DAYS))
+    # The price rise draws from its own stream, so the world before the shift never depends on it.
+    price_rng = None if scenario is None else rng.spawn(1)[0]
     for first in range(1, everyone + 1, BLOCK):
         count = min(BLOCK, everyone + 1 - first)
-        yield _block(rng, first, count, start, history, scenario)
+        yield _block(rng, first, count, start, history, scenario, price_rng=price_rng)
     if scenario is not None:
         channel = int(round(entities * scenario.channel_share))
         for first in range(everyone + 1, everyone + channel + 1, BLOCK):
             count = min(BLOCK, everyone + channel + 1 - first)
-            yield _block(rng, first, count, start, history, scenario, channel=True)
+            yield _block(rng, first, count, start, history, scenario, channel=True, price_rng=price_rng)
 
 
 def _signups(rng: np.random.Generator, n: int, history: int, scenario, start, channel: bool) -> np.ndarray:
@@ -163,6 +165,7 @@ def _block(
     scenario: DriftScenario | None = None,
     *,
     channel: bool = False,
+    price_rng: np.random.Generator | None = None,
 ) -> dict[str, pa.Table]:
     ids = np.arange(first, first + n, dtype=np.int64)
     signup = _signups(rng, n, history, scenario, start, channel)  # in days since start
@@ -184,9 +187,10 @@ def _block(
     if scenario is None:
         churn_at = faded_at
     else:
-        churn_at = _price_rise(rng, scenario, start, signup, plan, faded_at)
-        # Customers gone before the recorded two years: no query of the job reaches them.
-        keep = churn_at >= history - HISTORY_DAYS
+        churn_at = _price_rise(price_rng, scenario, start, signup, plan, faded_at)
+        # Customers gone before the recorded two years: no query of the job reaches them (the price
+        # rise comes later, so it never changes who is kept).
+        keep = faded_at >= history - HISTORY_DAYS
         ids, signup, plan, engagement, pay_risk, annoyance, faded_at, churn_at = (
             a[keep] for a in (ids, signup, plan, engagement, pay_risk, annoyance, faded_at, churn_at)
         )
