@@ -30,6 +30,21 @@ def test_same_seed_same_world_other_seed_other_world(conn):
     assert conn.execute(_FINGERPRINT).fetchone() != fingerprint
 
 
+# The default world as it was before the drift scenario existed: a scenario must never change it.
+_PINNED = (
+    "78f8978c15c720c7f583cdc351f24676",
+    "62db80315eaec200ba3026833d65581b",
+    "95bc4e247a02c9a1f588deeb6c4f63f2",
+    "1f3508d819f301a7b0d370a5f004b98b",
+)
+
+
+def test_default_world_is_bit_identical_to_the_pinned_one(conn):
+    conn.execute("set timezone = 'UTC'")  # timestamps print in the session's zone
+    world.generate(conn, 800, seed=5, end=date(2026, 6, 30))
+    assert conn.execute(_FINGERPRINT).fetchone() == _PINNED
+
+
 def test_churners_fade_before_they_leave(conn):
     # The causal story the models learn: sessions thin out in the weeks before a cancellation.
     ratio = conn.execute(
