@@ -84,7 +84,7 @@ def calibrate(
     before = float(brier_score_loss(y_valid[judge_part], raw[judge_part]))
     options = {
         name: maker(raw[fit_part], y_valid[fit_part])
-        for name, maker in (("sigmoid", _platt), ("isotonic", _isotonic))
+        for name, maker in (("sigmoid", platt), ("isotonic", _isotonic))
     }
     after = {
         name: float(brier_score_loss(y_valid[judge_part], c.apply(raw[judge_part])))
@@ -99,12 +99,13 @@ def calibrate(
     }
     if after[method] > before * (1 - MIN_BRIER_GAIN):
         return model, report
-    calibration = (_platt if method == "sigmoid" else _isotonic)(raw, y_valid)
+    calibration = (platt if method == "sigmoid" else _isotonic)(raw, y_valid)
     report["chosen"] = method
     return artifacts.CalibratedModel(model, calibration), report
 
 
-def _platt(scores: np.ndarray, labels: np.ndarray) -> artifacts.Calibration:
+def platt(scores: np.ndarray, labels: np.ndarray) -> artifacts.Calibration:
+    """A Platt map (logistic on the scores' log-odds) from scores to the observed rate."""
     fitted = LogisticRegression(C=1e6, max_iter=1000).fit(artifacts.logit(scores).reshape(-1, 1), labels)
     return artifacts.Calibration(
         "sigmoid", {"a": float(fitted.coef_[0][0]), "b": float(fitted.intercept_[0])}

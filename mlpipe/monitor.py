@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from mlpipe import drift, performance, runs
+from mlpipe.calibration import Calibration
 from mlpipe.errors import MlpipeError
 from mlpipe.spec import JobSpec
 
@@ -200,6 +201,7 @@ def _record_performance(conn, spec: JobSpec, day: PublishedDay, as_of: date) -> 
     if done is not None and (done or not matured):
         return False
     outcomes = _outcomes(spec) if matured else None
+    recalibrations = _recalibrations(conn, spec)
     rows = []
     for kind in ("published", "shadow") if day.has_shadow else ("published",):
         estimated = performance.estimated_bins(conn, spec, day.as_of, kind)
@@ -211,7 +213,7 @@ def _record_performance(conn, spec: JobSpec, day: PublishedDay, as_of: date) -> 
             arm = (
                 "shadow" if kind == "shadow" else "champion" if version == day.model_version else "challenger"
             )
-            figures = performance.estimated(bins)
+            figures = performance.estimated(bins, recalibrations.get(version))
             if outcomes is None:
                 figures["unavailable"] = _why_not_realized(spec, matured)
             elif version in realized:
@@ -244,6 +246,14 @@ def _store_performance(conn, spec: JobSpec, day: PublishedDay, matured: bool, ro
                 figures["calibration"]
             )
             conn.execute(insert, [spec.name, day.as_of, version, arm, day.run_id, matured, *values])
+
+
+def _recalibrations(conn, spec: JobSpec) -> dict[str, Calibration | None]:
+    """model_version -> the Platt map fitted on its test set (None for versions from before it)."""
+    rows = conn.execute(
+        "select model_version, reference -> 'recalibration' from mlpipe.models where job = %s", [spec.name]
+    ).fetchall()
+    return {version: Calibration.from_dict(values) for version, values in rows}
 
 
 def _why_not_realized(spec: JobSpec, matured: bool) -> str:

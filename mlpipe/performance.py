@@ -20,6 +20,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from mlpipe.calibration import Calibration
 from mlpipe.errors import SourceError
 from mlpipe.spec import JobSpec
 
@@ -144,10 +145,17 @@ def calibration(bins: Bins) -> list[dict]:
     ]
 
 
-def estimated(bins: Bins) -> dict:
-    """Expected AUC and positive rate from calibrated scores alone."""
+def _expected_rate(bins: Bins, recalibration: Calibration | None) -> np.ndarray:
+    mean = np.divide(bins.score_sum, bins.n, out=np.zeros(len(bins.n)), where=bins.n > 0)
+    return mean if recalibration is None else recalibration.apply(mean)
+
+
+def estimated(bins: Bins, recalibration: Calibration | None = None) -> dict:
+    """Expected AUC and positive rate from the scores alone. Scores are read through the model's
+    recalibration (a Platt map fitted on its test set at training), as NannyML's CBPE calibrates on
+    its reference data first: a model that is a little off in calibration would bias the estimate."""
     n = bins.n.sum()
-    expected_positives = bins.score_sum
+    expected_positives = bins.n * _expected_rate(bins, recalibration)
     value = auc(expected_positives, bins.n - expected_positives)
     return {
         "n": int(n),

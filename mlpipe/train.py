@@ -13,7 +13,7 @@ import psycopg
 
 import mlpipe
 from mlpipe import artifacts, behaviour, drift, explain, registry, runs
-from mlpipe.candidates import calibrate, search
+from mlpipe.candidates import calibrate, platt, search
 from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
 from mlpipe.features import baseline_values, matrix_columns
 from mlpipe.registry import ModelVersion
@@ -51,6 +51,11 @@ def reference_histograms(spec: JobSpec, data: TrainingSet, columns: list[str], t
     the newest matured cutoff, so that slow trends over the training window are not flagged as drift."""
     test_rows = data.split == "test"
     return drift.references(spec, data.frame[test_rows], data.matrix[test_rows], columns, test_scores)
+
+
+def _recalibration(test_scores: np.ndarray, test_labels: np.ndarray) -> dict | None:
+    """The Platt map of the test scores to the test outcomes, the monitor's reading of scores."""
+    return platt(test_scores, test_labels).as_dict() if len(np.unique(test_labels)) == 2 else None
 
 
 def train(conn: psycopg.Connection, settings: Settings, spec: JobSpec, as_of: date) -> TrainResult:
@@ -197,6 +202,8 @@ def _register(
                 "scores": score_reference(test_scores),
                 "features": feature_reference(data, columns),
                 "histograms": reference_histograms(spec, data, columns, test_scores),
+                # How the monitor reads scores when it estimates performance before outcomes mature.
+                "recalibration": _recalibration(test_scores, data.part("test")[1]),
                 "explainer": explain.fit_for(
                     model.predict_proba,
                     data.part("train")[0],

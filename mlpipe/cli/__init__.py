@@ -9,6 +9,7 @@ from datetime import date
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mlpipe import db
@@ -79,6 +80,13 @@ def main() -> None:
 def demo(
     entities: Annotated[int, typer.Option(min=100, help="Customers in the demo world.")] = 5000,
     seed: Annotated[int, typer.Option(help="Seed of the demo world.")] = 42,
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="`drift`: 120 days scored and monitored; an input drifts and churn changes midway."
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(min=4, help="Days the drift scenario scores.")] = 120,
 ) -> None:
     """Set up everything on the embedded database: demo data, train, score today, publish, look up."""
     from psycopg import sql
@@ -87,7 +95,12 @@ def demo(
     from flows.train import train_flow
     from mlpipe.demo import titanic, world
 
-    _, url, _ = prepare("churn")
+    if scenario not in (None, "drift"):
+        raise UsageError(f"--scenario {scenario!r} is not known; the one scenario is `drift`")
+    settings, url, _ = prepare("churn")
+    if scenario == "drift":
+        _drift_demo(settings, url, entities, days, seed)
+        return
     with console.status(f"generating a demo world of {entities:,} customers"), db.connection(url) as conn:
         summary = world.generate(conn, entities, seed=seed)
         titanic.load(conn)
@@ -115,6 +128,53 @@ def demo(
         lookup(str(sample[0]), job="churn", as_of=None)
         console.print("\nA frontend reads it with plain SQL, no model involved:")
         console.print(f'  psql "$(mlpipe db url)" -c "{reader_sql}"', highlight=False, soft_wrap=True)
+
+
+def _drift_demo(settings, url: str, entities: int, days: int, seed: int) -> None:
+    from mlpipe import report
+    from mlpipe.demo import scenario, titanic
+    from mlpipe.spec import load_job
+
+    with db.connection(url) as conn:
+        titanic.load(conn)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with prefect_api(), Progress(*columns, console=console) as bar:
+        task = bar.add_task("drift scenario", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        summary = scenario.run_drift_scenario(url, settings, entities, days, seed, progress)
+    spec = load_job("churn", settings)
+    with db.connection(url, autocommit=True) as conn:
+        path = report.write_report(conn, spec, report.default_path(settings, spec), days=days)
+    figures = summary.as_dict()
+    console.print(
+        f"drift scenario: {figures['days_scored']} days scored and monitored ({figures['first_day']} to "
+        f"{figures['last_day']}); from {figures['shift_day']} a new channel brings customers with far fewer "
+        "sessions and premium customers churn more",
+        highlight=False,
+    )
+    console.print(
+        f"  {figures['planted_feature']} first flagged fail on {figures['first_fail_day']}; "
+        f"{figures['stable_false_alarms']} false alarms before the shift; realized AUC "
+        f"{_auc(figures['realized_auc_before'])} before, {_auc(figures['realized_auc_after'])} after "
+        f"(estimated before: {_auc(figures['estimated_auc_before'])}); {figures['seconds']:.0f}s",
+        highlight=False,
+    )
+    console.print(f"\nThe report (one file, opens offline): {path}", highlight=False, soft_wrap=True)
+    console.print("Analysts query the history with plain SQL:", highlight=False)
+    for query in (
+        "select as_of, feature, psi_reference, level from mlpipe.drift where job = 'churn' "
+        "and level <> 'ok' order by as_of, psi_reference desc",
+        "select as_of, arm, model_version, roc_auc, roc_auc_lo, roc_auc_hi, estimated_roc_auc "
+        "from mlpipe.performance where job = 'churn' order by as_of",
+    ):
+        console.print(f'  psql "$(mlpipe db url)" -c "{query}"', highlight=False, soft_wrap=True)
+
+
+def _auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 @app.command()

@@ -60,7 +60,7 @@ def run_drift_scenario(
     progress: Progress | None = None,
 ) -> ScenarioSummary:
     """Generate the drifting world, train as of the first scored day, then score and monitor each day."""
-    from flows.score import with_workers  # Prefect: imported only when the scenario runs
+    from flows.score import score_flow  # Prefect: imported only when the scenario runs
 
     if days < 4:
         raise UsageError(f"the drift scenario needs at least 4 scored days, not {days}")
@@ -78,7 +78,6 @@ def run_drift_scenario(
         trained = train.train(conn, settings, spec, first)
     if not trained.promoted:
         raise UsageError(f"the scenario's model was not promoted: {trained.decision}")
-    score_flow = with_workers(settings)
     scored = [first + timedelta(days=n) for n in range(days)]
     with connection(url, autocommit=True) as conn:
         for n, day in enumerate(scored):
