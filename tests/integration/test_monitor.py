@@ -98,3 +98,73 @@ def test_the_cli_prints_figures_and_a_crossed_fail_threshold_exits_1_in_one_line
         "select status, error from mlpipe.runs where kind = 'monitor' order by run_id desc limit 1"
     ).fetchone()
     assert status == "failed" and "MonitorAlert: drift of" in error
+
+
+def _churn_with_outcomes(tmp_path, outcomes_sql: str):
+    """The churn job reading its ground truth from an outcomes source instead of its labels SQL."""
+    folder = tmp_path / "churn"
+    shutil.copytree(load_job("churn", Settings()).folder, folder)
+    (folder / "outcomes.sql").write_text(outcomes_sql, encoding="utf-8")
+    spec_file = folder / "job.yaml"
+    text = spec_file.read_text().replace(
+        "  labels: labels.sql", "  labels: labels.sql\n  outcomes: outcomes.sql"
+    )
+    spec_file.write_text(text, encoding="utf-8")
+    return load_job(str(spec_file), Settings())
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        ("where false", "no outcomes for the entities scored that day"),
+        ("", "every outcome that day is negative: AUC is undefined"),
+    ],
+)
+def test_a_matured_day_without_outcomes_or_of_one_class_says_why(conn, tmp_path, outcome, reason):
+    day = days_ago(40)
+    score("churn", day)
+    spec = _churn_with_outcomes(
+        tmp_path,
+        "select customer_id, 0 as outcome, %(cutoff)s::timestamptz as observed_at "
+        f"from demo.customers {outcome}",
+    )
+    monitor.monitor(conn, spec, date.today())
+    matured, auc, unavailable = conn.execute(
+        "select matured, roc_auc, unavailable from mlpipe.performance where as_of = %s", [day]
+    ).fetchone()
+    assert matured and auc is None and unavailable == reason
+
+
+def test_a_snapshot_job_gets_drift_and_estimates_but_no_realized_figures(conn):
+    score("titanic", days_ago(40))
+    monitor.monitor(conn, load_job("titanic", Settings()), date.today())
+    matured, auc, estimated, unavailable = conn.execute(
+        """select matured, roc_auc, estimated_roc_auc, unavailable
+           from mlpipe.performance where job = 'titanic'"""
+    ).fetchone()
+    assert (
+        matured
+        and auc is None
+        and estimated is not None
+        and "snapshot job needs sources.outcomes" in unavailable
+    )
+    drift = dict(
+        conn.execute("select feature, unknown_share from mlpipe.drift where job = 'titanic'").fetchall()
+    )
+    assert set(drift) == {"sex", "age_years", "passenger_class", "score"} and drift["sex"] == 0.0
+
+
+def test_a_model_from_before_reference_histograms_is_told_to_retrain(conn, caplog):
+    conn.execute("update mlpipe.models set reference = reference - 'histograms' where job = 'churn'")
+    day = days_ago(40)
+    score("churn", day)
+    assert conn.execute("select input_histograms from mlpipe.runs where as_of = %s", [day]).fetchone() == (
+        None,
+    )
+    with caplog.at_level("WARNING", logger="mlpipe.monitor"):
+        result = monitor.monitor(conn, load_job("churn", Settings()), date.today())
+    assert result.drift_days == [] and result.performance_days == [day], "performance is still computed"
+    assert (
+        "predates drift reference histograms" in caplog.text
+        and "retrain (`mlpipe train --job churn`)" in caplog.text
+    )
