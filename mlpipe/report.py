@@ -335,6 +335,12 @@ def _performance(conn: psycopg.Connection, spec: JobSpec, w: Window) -> str:
     if not realized:
         reasons = sorted({r["unavailable"] for r in rows if r["unavailable"]})
         note = _empty(f"No realized figure in the window yet ({'; '.join(reasons) or 'no outcomes'}).")
+    elif len(realized) >= 14:  # the trend in words: first and last week of matured days
+        first, last = (sum(r["realized"] for r in week) / len(week) for week in (realized[:7], realized[-7:]))
+        caption += (
+            f" Realized ROC AUC, mean of 7 matured days: {first:.3f} from {realized[0]['day']}, "
+            f"{last:.3f} to {realized[-1]['day']}."
+        )
     return note + _figure(
         "performance", charts.performance(rows, "Champion ROC AUC per model version"), caption
     )

@@ -4,6 +4,7 @@ falls after the change while the estimate (which cannot see a new relationship) 
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from psycopg import sql
 
 from mlpipe.db import connection, migrate
 from mlpipe.demo.scenario import PLANTED, ScenarioSummary, run_drift_scenario
+from mlpipe.report import build_report
 from mlpipe.settings import Settings
+from mlpipe.spec import load_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -114,3 +117,20 @@ def test_estimate_tracks_realized_auc_on_the_stable_days(scenario, db):
     realized, estimated, days = _auc(db, "as_of <= %s", [clean])
     assert days >= 25
     assert abs(estimated - realized) <= 0.03, (realized, estimated)
+
+
+def test_the_report_shows_the_drift_and_the_fall_in_realized_auc(scenario, db):
+    summary, _ = scenario
+    html = build_report(db, load_job("churn", Settings()), days=DAYS)
+    first, last = (
+        float(v)
+        for v in re.findall(
+            r"Realized ROC AUC, mean of 7 matured days: ([0-9.]+) from "
+            r"[0-9-]+, ([0-9.]+) to",
+            html,
+        )[0]
+    )
+    assert last < first - 0.03, (first, last)
+    assert 'data-chart="performance"' in html and 'data-chart="drift-' in html
+    newest_drift = html[html.index("Drift") :]
+    assert summary.planted_feature in newest_drift and "fail" in newest_drift
