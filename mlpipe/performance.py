@@ -25,6 +25,7 @@ from mlpipe.errors import SourceError
 from mlpipe.spec import JobSpec
 
 SCORE_BINS = 100_000
+WORK_MEM = "256MB"
 CALIBRATION_BINS = 10
 _EPS = 1e-15
 
@@ -52,7 +53,7 @@ def estimated_bins(conn: psycopg.Connection, spec: JobSpec, day: date, kind: str
                   count(*), sum(score)
            from {history} where as_of = %(day)s group by 1, 2"""
     ).format(bins=sql.Literal(SCORE_BINS), history=_history(spec, kind))
-    return _collect(conn.execute(query, {"day": day}).fetchall(), with_outcomes=False)
+    return _collect(_aggregate(conn, query, {"day": day}), with_outcomes=False)
 
 
 def realized_bins(
@@ -76,10 +77,18 @@ def realized_bins(
         key=sql.Identifier(spec.entity.key),
     )
     try:
-        rows = conn.execute(query, {**params, "day": day}).fetchall()
+        rows = _aggregate(conn, query, {**params, "day": day})
     except psycopg.errors.DataError as exc:  # e.g. a label that is not a number
         raise SourceError(f"job {spec.name}: the outcomes of {day} could not be joined: {exc}") from exc
     return _collect(rows, with_outcomes=True)
+
+
+def _aggregate(conn: psycopg.Connection, query: sql.Composable, params: dict) -> list[tuple]:
+    # A day's join and its 100,000-bin aggregate fit in memory with room to spare; at the default
+    # work_mem (4 MB) PostgreSQL would spill both to disk in batches.
+    with conn.transaction():
+        conn.execute(sql.SQL("set local work_mem = {}").format(sql.Literal(WORK_MEM)))
+        return conn.execute(query, params).fetchall()
 
 
 def _collect(rows: list[tuple], *, with_outcomes: bool) -> dict:
