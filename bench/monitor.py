@@ -84,16 +84,16 @@ def worker_monitor(today: date, job: str) -> dict:
 
 
 def _monitor_breakdown(conn, spec, day: date) -> dict:
-    """The monitor's two heavy queries timed again on their own (warm cache): where its time goes."""
+    """The monitor's day query timed again on its own (warm cache), without and with outcomes."""
     from mlpipe import monitor, performance
 
     query, params = monitor._outcomes(spec)
     timed = {}
     for name, work in (
-        ("estimated_bins", lambda: performance.estimated_bins(conn, spec, day)),
+        ("scores_only", lambda: performance.day_bins(conn, spec, day)),
         (
-            "realized_bins",
-            lambda: performance.realized_bins(conn, spec, day, query, params(day), "published"),
+            "scores_and_outcomes",
+            lambda: performance.day_bins(conn, spec, day, "published", (query, params(day))),
         ),
     ):
         started = time.perf_counter()

@@ -204,11 +204,8 @@ def _record_performance(conn, spec: JobSpec, day: PublishedDay, as_of: date) -> 
     recalibrations = _recalibrations(conn, spec)
     rows = []
     for kind in ("published", "shadow") if day.has_shadow else ("published",):
-        estimated = performance.estimated_bins(conn, spec, day.as_of, kind)
-        realized = {}
-        if outcomes is not None:
-            query, params = outcomes
-            realized = performance.realized_bins(conn, spec, day.as_of, query, params(day.as_of), kind)
+        pairs = outcomes and (outcomes[0], outcomes[1](day.as_of))
+        estimated, realized = performance.day_bins(conn, spec, day.as_of, kind, pairs)
         for version, bins in estimated.items():
             arm = (
                 "shadow" if kind == "shadow" else "champion" if version == day.model_version else "challenger"

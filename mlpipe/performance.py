@@ -46,41 +46,45 @@ def _history(spec: JobSpec, kind: str) -> sql.Identifier:
     return sql.Identifier("predictions", name)
 
 
-def estimated_bins(conn: psycopg.Connection, spec: JobSpec, day: date, kind: str = "published") -> dict:
-    """model_version -> Bins (no outcomes) of a published (or shadow) day."""
+def day_bins(
+    conn: psycopg.Connection,
+    spec: JobSpec,
+    day: date,
+    kind: str = "published",
+    outcomes: tuple[sql.Composable, dict] | None = None,
+) -> tuple[dict, dict]:
+    """(model_version -> Bins of every scored row, model_version -> Bins of the rows with an outcome)
+    of a published (or shadow) day, in one scan of it. `outcomes` is a (key, label) query and its
+    parameters; without it the second dict is empty."""
     query = sql.SQL(
-        """select model_version, least(width_bucket(score, 0, 1, {bins}), {bins}) as bin,
-                  count(*), sum(score)
-           from {history} where as_of = %(day)s group by 1, 2"""
-    ).format(bins=sql.Literal(SCORE_BINS), history=_history(spec, kind))
-    return _collect(_aggregate(conn, query, {"day": day}), with_outcomes=False)
-
-
-def realized_bins(
-    conn: psycopg.Connection, spec: JobSpec, day: date, outcomes: sql.Composable, params: dict, kind: str
-) -> dict:
-    """model_version -> Bins with outcomes, joining the day's rows to `outcomes` (key, label)."""
-    query = sql.SQL(
-        """with outcomes as ({outcomes})
-           select h.model_version, least(width_bucket(h.score, 0, 1, {bins}), {bins}) as bin,
-                  count(*), sum(h.score), sum(o.label),
+        """select h.model_version, least(width_bucket(h.score, 0, 1, {bins}), {bins}) as bin,
+                  count(*), sum(h.score), count(o.label), sum(h.score) filter (where o.label is not null),
+                  sum(o.label),
                   -sum(o.label * ln(greatest(h.score, {eps}))
                        + (1 - o.label) * ln(greatest(1 - h.score, {eps}))),
                   sum((h.score - o.label) ^ 2)
-           from {history} as h join outcomes as o on o.{key} = h.entity_id
+           from {history} as h left join outcomes as o on o.{key} = h.entity_id
            where h.as_of = %(day)s group by 1, 2"""
     ).format(
-        outcomes=outcomes,
         bins=sql.Literal(SCORE_BINS),
         eps=sql.Literal(_EPS),
         history=_history(spec, kind),
         key=sql.Identifier(spec.entity.key),
     )
+    # No outcomes: a source of none, so one query serves both cases (the planner drops the join).
+    none = sql.SQL("select null::{type} as {key}, null::int as label where false").format(
+        type=sql.SQL(spec.entity.type),  # bigint or text: validated by the spec
+        key=sql.Identifier(spec.entity.key),
+    )
+    source, params = outcomes or (none, {})
+    query = sql.SQL("with outcomes as ({}) {}").format(source, query)
     try:
         rows = _aggregate(conn, query, {**params, "day": day})
     except psycopg.errors.DataError as exc:  # e.g. a label that is not a number
         raise SourceError(f"job {spec.name}: the outcomes of {day} could not be joined: {exc}") from exc
-    return _collect(rows, with_outcomes=True)
+    scored = _collect([(r[0], r[1], r[2], r[3]) for r in rows])
+    with_outcome = [r for r in rows if r[4]] if outcomes else []
+    return scored, _collect([(r[0], r[1], *r[4:]) for r in with_outcome])
 
 
 def _aggregate(conn: psycopg.Connection, query: sql.Composable, params: dict) -> list[tuple]:
@@ -91,7 +95,8 @@ def _aggregate(conn: psycopg.Connection, query: sql.Composable, params: dict) ->
         return conn.execute(query, params).fetchall()
 
 
-def _collect(rows: list[tuple], *, with_outcomes: bool) -> dict:
+def _collect(rows: list[tuple]) -> dict:
+    """Rows (version, bin, n, score sum[, positives, log-loss sum, Brier sum]) -> version -> Bins."""
     arms: dict[str, Bins] = {}
     for version in sorted({r[0] for r in rows}):
         mine = [r for r in rows if r[0] == version]
@@ -100,7 +105,7 @@ def _collect(rows: list[tuple], *, with_outcomes: bool) -> dict:
             n=np.bincount(index, [r[2] for r in mine], SCORE_BINS),
             score_sum=np.bincount(index, [float(r[3]) for r in mine], SCORE_BINS),
         )
-        if with_outcomes:
+        if len(mine[0]) > 4:
             bins.positives = np.bincount(index, [float(r[4]) for r in mine], SCORE_BINS)
             bins.log_loss_sum = float(sum(r[5] for r in mine))
             bins.brier_sum = float(sum(r[6] for r in mine))
