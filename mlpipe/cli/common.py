@@ -83,6 +83,8 @@ def parse_day(value: str | None, option: str = "--as-of") -> date:
 def prepare(job: str | None = None) -> tuple[Settings, str, JobSpec | None]:
     """Settings, the URL of a database whose schema is current, and the job spec if one is named."""
     settings = Settings()
+    if settings.dask_address:
+        require_extra("prefect_dask", "dask", f"MLPIPE_DASK_ADDRESS={settings.dask_address}")
     spec = load_job(job, settings) if job else None
     url = db.database_url(settings)
     if settings.database_url is None:
@@ -94,6 +96,14 @@ def prepare(job: str | None = None) -> tuple[Settings, str, JobSpec | None]:
     return settings, url, spec
 
 
+def require_extra(module: str, extra: str, needed_for: str) -> None:
+    """Refuse in one line when an optional path's package is missing, naming the extra to install."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{needed_for} needs the `{extra}` extra: pip install 'mlpipe[{extra}]'")
+
+
 def job_of_version(version: str) -> str | None:
     """The job a version name names (`credit-v1` -> credit); None for a bare number (`3`)."""
     match = re.fullmatch(r"([a-z][a-z0-9_]*)-v\d+", version)
@@ -102,13 +112,12 @@ def job_of_version(version: str) -> str | None:
 
 def given(ctx: typer.Context) -> list[str]:
     """Options the operator typed (command line or environment) on this command or group."""
-    from click.core import ParameterSource
-
-    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    # By name: typer may carry its own copy of click's ParameterSource enum.
+    typed = {"COMMANDLINE", "ENVIRONMENT"}
     return [
-        "/".join(p.opts) if len(p.opts) == 1 else p.opts[0]
+        p.opts[0]
         for p in ctx.command.params
-        if ctx.get_parameter_source(p.name) in typed
+        if getattr(ctx.get_parameter_source(p.name), "name", None) in typed
     ]
 
 
