@@ -49,7 +49,7 @@ def quick_commands(env: dict, repeat: int, entity: str) -> dict[str, float]:
         "db status": ["db", "status"],
         "lookup": ["lookup", entity],
         "runs": ["runs"],
-        "models": ["models"],
+        "models": ["models", "list"],
         "jobs": ["jobs"],
     }
     return {
@@ -76,10 +76,19 @@ def flow_overheads(env: dict, url: str) -> dict[str, dict]:
     today = date.today()
     steps = {
         "train": ("train", ["train"]),
-        "score": ("score", ["score"]),
+        # The version trained just now, champion or not (a small world may not beat the baseline).
+        "score": ("score", ["score", "--model", "churn-v1"]),
         "backfill": (
             "score",
-            ["backfill", "--start", str(today - timedelta(days=2)), "--end", str(today - timedelta(days=1))],
+            [
+                "backfill",
+                "--model",
+                "churn-v1",
+                "--start",
+                str(today - timedelta(days=2)),
+                "--end",
+                str(today - timedelta(days=1)),
+            ],
         ),
     }
     figures, last = {}, 0

@@ -96,7 +96,7 @@ def _print_run(run: dict) -> None:
         ("challenger", run.get("challenger_version")),
         ("started", f"{run['started_at']:%Y-%m-%d %H:%M:%S}"),
         ("seconds", run["seconds"]),
-        ("plan", f"{cell(run.get('population'))} entities in {run['chunk_count']} chunks"),
+        ("plan", f"{cell(run.get('population'))} entities in {run['chunk_count']} chunk(s)"),
         ("scored", run.get("rows_scored")),
         ("quarantined", run.get("rows_quarantined")),
         ("timings", ", ".join(f"{k} {v}" for k, v in (run.get("timings") or {}).items())),
