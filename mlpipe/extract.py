@@ -64,18 +64,41 @@ def check_source_columns(
             f"job {spec.name}: the features SQL {' and '.join(problems)}; it returns "
             f"{', '.join(returned)}: make its columns the spec's key and features"
         )
-    key_oids = _KEY_TYPES[spec.entity.type][0]
-    wrong = [] if returned[spec.entity.key] in key_oids else [f"{spec.entity.key} (key, {spec.entity.type})"]
-    wrong += [
-        f"{name} ({feature.kind})"
-        for name, feature in spec.features.items()
-        if returned[name] not in _PG_TYPES[feature.kind]
-    ]
+    wrong = [] if returned[spec.entity.key] in _KEY_TYPES[spec.entity.type][0] else [spec.entity.key]
+    wrong += [name for name, f in spec.features.items() if returned[name] not in _PG_TYPES[f.kind]]
     if wrong:
         raise SourceError(
-            f"job {spec.name}: columns of the wrong SQL type for their kind: {', '.join(wrong)}"
+            f"job {spec.name}: " + "; ".join(_type_advice(conn, spec, c, returned[c]) for c in wrong)
         )
     return returned
+
+
+# What to do when a column's SQL type does not fit its kind, by kind ({c}: the column).
+_ADVICE = {
+    "boolean": "make the SQL return a boolean (`{c} = 1 as {c}` or `{c}::boolean`), or declare kind: numeric",
+    "numeric": "cast it to a number in the SQL (`{c}::float8`), or declare kind: categorical",
+    "categorical": "cast it to text in the SQL (`{c}::text`)",
+    "bigint": "cast the key to bigint in the SQL (`{c}::bigint`), or declare entity.type: text",
+    "text": "cast the key to text in the SQL (`{c}::text`), or declare entity.type: bigint",
+}
+
+
+def _type_advice(conn: psycopg.Connection, spec: JobSpec, column: str, oid: int) -> str:
+    """One column whose SQL type does not fit the spec: what, observed, allowed, what to do."""
+    info = conn.adapters.types.get(oid)
+    observed = info.name if info else f"type oid {oid}"
+    if column == spec.entity.key:
+        kind, what = spec.entity.type, f"key {column} is declared {spec.entity.type}"
+    else:
+        kind = spec.features[column].kind
+        what = f"column {column} is kind: {kind}"
+    allowed = ", ".join(sorted({t.name for o in _allowed_oids(kind) if (t := conn.adapters.types.get(o))}))
+    advice = _ADVICE[kind].format(c=column)
+    return f"{what} but the features SQL returns {observed} (allowed: {allowed}): {advice}"
+
+
+def _allowed_oids(kind: str) -> set[int]:
+    return _KEY_TYPES[kind][0] if kind in _KEY_TYPES else _PG_TYPES[kind]
 
 
 def features_query(spec: JobSpec, chunk: Chunk | None = None) -> sql.Composed:
@@ -139,6 +162,8 @@ def read_features(
     except psycopg.OperationalError:
         raise  # the connection, not the SQL: the chunk task retries it
     except (psycopg.Error, pa.ArrowInvalid) as exc:
+        if isinstance(exc, pa.ArrowInvalid):  # a type the spec does not describe: name the column
+            check_source_columns(conn, spec, features_query(spec), _params(as_of))
         raise SourceError(f"job {spec.name}: reading features as of {as_of} failed: {exc}") from exc
     # An integer key with a NULL in it would become float64 (NaN): keep it an exact, nullable integer.
     nullable_key = table.column(spec.entity.key).null_count > 0

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from mlpipe import artifacts
 from mlpipe.errors import ModelNotFoundError, NoChampionError, UsageError
 from mlpipe.spec import JobSpec
+
+if TYPE_CHECKING:  # the ML libraries load only with a model (the CLI's quick commands never do)
+    from mlpipe.algorithms import ScoringModel
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class ModelVersion:
     training_window: dict
     calibration: dict | None = None
 
-    def load(self) -> artifacts.ScoringModel:
+    def load(self) -> ScoringModel:
+        from mlpipe import artifacts
+
         return artifacts.load(
             self.artifact_uri,
             self.artifact_sha256,

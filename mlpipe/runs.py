@@ -15,6 +15,7 @@ from datetime import date
 from typing import Literal
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from mlpipe.errors import RunLockedError
@@ -228,14 +229,45 @@ def quarantined_keys(conn: psycopg.Connection, run_id: int, limit: int = 5) -> l
     return [r[0] for r in rows]
 
 
-def recent(conn: psycopg.Connection, job: str | None, limit: int) -> list[tuple]:
-    """The newest runs (of one job, or all), newest first, as `mlpipe runs` shows them."""
-    return conn.execute(
-        """select r.run_id, r.job, r.kind, r.as_of, r.status, m.model_version, r.population,
-                  r.rows_scored, r.rows_quarantined,
-                  extract(epoch from r.finished_at - r.started_at)::float8 as seconds, r.error
-           from mlpipe.runs r left join mlpipe.models m using (model_id)
-           where %(job)s::text is null or r.job = %(job)s
-           order by r.run_id desc limit %(limit)s""",
-        {"job": job, "limit": limit},
-    ).fetchall()
+def recent(conn: psycopg.Connection, job: str | None, limit: int, status: str | None = None) -> list[dict]:
+    """The newest runs (of one job, or all; of one status, or any), newest first, as `mlpipe runs`
+    shows them."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """select r.run_id, r.job, r.kind, r.as_of, r.status, m.model_version as model, r.population,
+                      r.rows_scored, r.rows_quarantined,
+                      extract(epoch from r.finished_at - r.started_at)::float8 as seconds, r.error
+               from mlpipe.runs r left join mlpipe.models m using (model_id)
+               where (%(job)s::text is null or r.job = %(job)s)
+                 and (%(status)s::text is null or r.status = %(status)s)
+               order by r.run_id desc limit %(limit)s""",
+            {"job": job, "limit": limit, "status": status},
+        ).fetchall()
+
+
+def detail(conn: psycopg.Connection, run_id: int) -> dict | None:
+    """One run as `mlpipe runs show` reads it: the row (every column, so columns added by later
+    migrations come along), its models, its chunks and its quarantine reasons with counts."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        run = cur.execute(
+            """select r.*, m.model_version, c.model_version as challenger_version,
+                      extract(epoch from coalesce(r.finished_at, now()) - r.started_at)::float8 as seconds
+               from mlpipe.runs r
+               left join mlpipe.models m on m.model_id = r.model_id
+               left join mlpipe.models c on c.model_id = r.challenger_model_id
+               where r.run_id = %s""",
+            [run_id],
+        ).fetchone()
+        if run is None:
+            return None
+        run["chunk_results"] = cur.execute(
+            """select chunk_no, key_lo, key_hi, rows_in, rows_scored, rows_quarantined, seconds
+               from mlpipe.run_chunks where run_id = %s order by chunk_no""",
+            [run_id],
+        ).fetchall()
+        run["quarantine_reasons"] = cur.execute(
+            """select reason, count(*) as rows from mlpipe.quarantine where run_id = %s
+               group by reason order by count(*) desc, reason limit 50""",
+            [run_id],
+        ).fetchall()
+    return run

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -18,7 +21,10 @@ class Settings(BaseSettings):
     )
     home: Path = Field(default=Path.home() / ".mlpipe", description="Embedded database and artifacts.")
     artifacts_dir: Path | None = Field(default=None, description="Model artifact store; may be shared.")
-    jobs_path: list[Path] = Field(default_factory=list, description="Extra folders holding job specs.")
+    jobs_path: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Extra folders holding job specs: a PATH-like list (dir1:dir2) or a JSON list.",
+    )
     workers: int = Field(default=2, ge=1, description="Chunk tasks run at once (thread runner).")
     chunk_rows: int = Field(
         default=100_000,
@@ -36,6 +42,22 @@ class Settings(BaseSettings):
     metrics_file: Path | None = Field(
         default=None, description="node-exporter textfile (.prom) holding the newest metrics of every job."
     )
+
+    @field_validator("jobs_path", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        """MLPIPE_JOBS_PATH as a shell user writes it (`dir1:dir2`, like PATH) or as a JSON list."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"not a JSON list ({exc.msg}); or give folders separated by {os.pathsep!r}"
+                ) from None
+        return [part for part in text.split(os.pathsep) if part]
 
     @property
     def artifact_store(self) -> Path:

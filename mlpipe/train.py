@@ -109,7 +109,9 @@ def _train(conn, settings: Settings, spec: JobSpec, as_of: date, run_id: int, de
     checks = candidates[best]["behaviour"]["checks"]
     if eligible:
         decision["reasons"].append(
-            "behaviour checks passed: " + (", ".join(c["check"] for c in checks) or "none")
+            "behaviour checks passed: " + ", ".join(c["check"] for c in checks)
+            if checks
+            else "behaviour checks: none set in the job (model.behaviour)"
         )
     else:
         decision["decision"] = "keep_challenger"

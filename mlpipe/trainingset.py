@@ -11,7 +11,7 @@ import psycopg
 from sklearn.model_selection import train_test_split
 
 from mlpipe.errors import SourceError
-from mlpipe.extract import plan_chunks, read_features, read_labels
+from mlpipe.extract import check_features_source, plan_chunks, read_features, read_labels
 from mlpipe.features import find_bad_rows, to_matrix
 from mlpipe.spec import JobSpec
 
@@ -49,6 +49,7 @@ def build_training_set(conn: psycopg.Connection, spec: JobSpec, as_of: date, chu
     out-of-time test. Snapshot jobs use one seeded, stratified split."""
     cutoffs = cutoffs_for(spec, as_of) if spec.history else [as_of]
     frames, counts = [], {"feature_rows": 0, "quarantined": 0, "unlabeled": 0}
+    check_features_source(conn, spec, cutoffs[0])  # a column of the wrong type: named before any COPY
     for cutoff in cutoffs:
         _, chunks = plan_chunks(conn, spec, cutoff, chunk_rows)
         raw = pd.concat([read_features(conn, spec, cutoff, chunk) for chunk in chunks], ignore_index=True)

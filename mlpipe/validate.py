@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 import numpy as np
@@ -31,25 +31,51 @@ _source = None
 
 @dataclass(frozen=True)
 class Failure:
+    """One failed check: GX's expectation and result, and the same thing in the operator's words."""
+
     expectation: str
     detail: str
     column: str | None = None
+    words: str = ""  # what, observed, allowed: "quarantine rate 1.4% (63 of 4,519) is above the job's 1.0%"
+
+    @property
+    def gx(self) -> str:
+        """Great Expectations' own account (kept beside the words in mlpipe.runs.gates)."""
+        return f"{self.expectation}: {self.detail}"
 
     def __str__(self) -> str:
-        return f"{self.expectation}: {self.detail}"
+        return self.words or self.gx
+
+
+# What an operator does next, by the check that failed (the first failure's column decides).
+_HINTS = {
+    "rows_quarantined": "see the reasons with `mlpipe runs show {run_id}` or in mlpipe.quarantine, fix the "
+    "source rows or raise outputs.max_quarantine_rate in the job",
+    "rows_in": "the population query and the chunks disagree: check that the source did not change during "
+    "the run and run it again",
+    "missing_over_allowance": "check the source of that input (a join or a load that failed) and run again",
+    "score_psi": "if the shift is real (new data, a new model), raise outputs.max_score_psi in the job and "
+    "run again; `mlpipe runs show {run_id}` has the figures",
+}
+_DEFAULT_HINT = "see `mlpipe runs show {run_id}`"
 
 
 class GateFailed(RunFailedError):
     """A gate found something wrong; the run stops before publish and the previous day stays live."""
 
-    def __init__(self, gate: str, failures: list[Failure], sample_keys: list | None = None) -> None:
+    def __init__(
+        self, gate: str, failures: list[Failure], sample_keys: list | None = None, run_id: int | None = None
+    ) -> None:
         keys = f"; sample keys {sample_keys}" if sample_keys else ""
+        first = next(
+            (f.column for f in failures if f.column in _HINTS), failures[0].column if failures else ""
+        )
+        hint = _HINTS.get(first or "", _DEFAULT_HINT).format(run_id=run_id if run_id is not None else "N")
         super().__init__(
             f"{gate} failed: "
             + "; ".join(map(str, failures))
             + keys
-            + ". The run stopped before publishing; "
-            "the previous predictions stay live (see `mlpipe runs` and mlpipe.quarantine)."
+            + f". The run stopped before publishing; the previous predictions stay live: {hint}."
         )
         self.gate, self.failures, self.sample_keys = gate, failures, sample_keys or []
 
@@ -184,7 +210,61 @@ def check_output(
             "output_distribution",
             [gx.expectations.ExpectColumnValuesToBeBetween(column="score_psi", max_value=max_psi)],
         )
-    return failures
+    facts = {
+        "population": population,
+        "rows_in": rows_in,
+        "rows_scored": int(chunks["rows_scored"].sum()),
+        "quarantined": quarantined,
+        "max_quarantine_rate": max_quarantine_rate,
+        "min_score": float(scored["min_score"].min()) if len(scored) else None,
+        "max_score": float(scored["max_score"].max()) if len(scored) else None,
+        "psi": psi,
+        "max_psi": max_psi,
+    }
+    return [replace(f, words=in_words(f, facts, missing)) for f in failures]
+
+
+def in_words(failure: Failure, facts: dict, missing: pd.DataFrame) -> str:
+    """A failed check restated as what, observed and allowed, in the job's terms."""
+    column, f = failure.column, facts
+    if column == "rows_quarantined":
+        rate = f["quarantined"] / f["rows_in"] if f["rows_in"] else 0.0
+        return (
+            f"quarantine rate {rate:.1%} ({f['quarantined']:,} of {f['rows_in']:,}) is above the job's "
+            f"{f['max_quarantine_rate']:.1%}"
+        )
+    if column == "rows_in":
+        return (
+            f"rows read {f['rows_in']:,} are fewer than the population {f['population']:,} "
+            f"({f['population'] - f['rows_in']:,} never reached a chunk)"
+        )
+    if column == "rows_scored":
+        return (
+            f"rows scored {f['rows_scored']:,} plus quarantined {f['quarantined']:,} are fewer than the "
+            f"population {f['population']:,}"
+        )
+    if column == "min_score":
+        return f"lowest score {f['min_score']:.4g} is below 0 (scores must be probabilities)"
+    if column == "max_score":
+        return f"highest score {f['max_score']:.4g} is above 1 (scores must be probabilities)"
+    if column == "score_psi":
+        return (
+            f"score distribution shift (PSI) {f['psi']:.3f} against the previous published day is above "
+            f"the job's {f['max_psi']:g}"
+        )
+    if column == "missing_over_allowance" and len(missing):
+        worst = missing.sort_values("missing_over_allowance", ascending=False).iloc[0]
+        if "share" in missing.columns:
+            return (
+                f"input {worst['column']} is missing in {worst['share']:.1%} of chunk {worst['chunk_no']}'s "
+                f"rows, above its allowance of {worst['allowed']:.1%} (twice its training share, or 10 "
+                "points more)"
+            )
+        return (
+            f"input {worst['column']} is missing in chunk {worst['chunk_no']} "
+            f"{worst['missing_over_allowance']:.1%} more often than its allowance"
+        )
+    return failure.gx
 
 
 @dataclass(frozen=True)
@@ -227,13 +307,19 @@ def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
     )
     if out.spec.monitoring.block_publish_on_drift:
         failures += drift_failures(out)
-    gates = {"passed": not failures, "failures": [str(f) for f in failures], "score_psi": psi}
+    gates = {
+        "passed": not failures,
+        "failures": [str(f) for f in failures],  # in the operator's words
+        "gx": [f.gx for f in failures],  # Great Expectations' result, same order
+        "score_psi": psi,
+    }
     runs.record_gates(conn, out.run_id, gates)
     if failures:
         raise GateFailed(
             f"the output gate of run {out.run_id} ({out.spec.name} {out.as_of})",
             failures,
             _offending_keys(conn, out, failures, missing),
+            out.run_id,
         )
     return gates
 
@@ -246,7 +332,12 @@ def drift_failures(out: RunOutput) -> list[Failure]:
     fail = out.spec.monitoring.drift.fail
     found = {name: drift.psi(counts, out.reference[name]["counts"]) for name, counts in out.inputs.items()}
     return [
-        Failure("drift", f"PSI of {name} against training is {value:.3f}, at or above {fail:g}", name)
+        Failure(
+            "drift",
+            f"PSI of {name} against training is {value:.3f}, at or above {fail:g}",
+            name,
+            f"input {name} drifted from training: PSI {value:.3f} is at or above the job's {fail:g}",
+        )
         for name, value in sorted(found.items(), key=lambda item: -item[1])
         if value >= fail
     ]
@@ -260,11 +351,13 @@ def _missing_frame(chunks: list) -> pd.DataFrame:
                 "column": name,
                 "missing_over_allowance": m["share"] - m["allowed"],
                 "sample_keys": m.get("sample_keys", []),
+                "share": m["share"],
+                "allowed": m["allowed"],
             }
             for r in chunks
             for name, m in (r.missing or {}).items()
         ],
-        columns=["chunk_no", "column", "missing_over_allowance", "sample_keys"],
+        columns=["chunk_no", "column", "missing_over_allowance", "sample_keys", "share", "allowed"],
     )
 
 

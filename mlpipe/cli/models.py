@@ -17,25 +17,56 @@ from mlpipe.cli.common import (
     ReasonOption,
     VersionArgument,
     console,
+    job_of_version,
     prepare,
     print_json,
     print_rows,
 )
+from mlpipe.errors import UsageError
 
 models_app = typer.Typer(help="The model registry: list, show, promote, rollback, diff.")
 
+DEFAULT_JOB = "churn"
+# Subcommands that print a table (and so take --json); promote and rollback print one line.
+_JSON_COMMANDS = ("list", "show", "diff")
+
 
 @models_app.callback(invoke_without_command=True)
-def models(ctx: typer.Context, job: JobOption = "churn", as_json: JsonOption = False) -> None:
-    """Registered model versions of a job (list when no subcommand is given)."""
+def models(ctx: typer.Context, job: JobOption = None, as_json: JsonOption = False) -> None:
+    """Registered model versions of a job (list when no subcommand is given).
+
+    --job and --json given here apply to the subcommand (`models --job titanic list`)."""
     if ctx.invoked_subcommand is None:
-        models_list(job=job, as_json=as_json)
+        models_list(ctx, job=job, as_json=as_json)
+        return
+    if as_json and ctx.invoked_subcommand not in _JSON_COMMANDS:
+        raise UsageError(f"--json: `models {ctx.invoked_subcommand}` prints no table; drop --json")
+    ctx.obj = {"job": job, "json": as_json}
+
+
+def _job(ctx: typer.Context, job: str | None, *versions: str) -> str:
+    """The job a subcommand acts on: --job (here or on `models`), else the one its version names."""
+    group = (ctx.obj or {}).get("job")
+    if job and group and job != group:
+        raise UsageError(f"--job given twice ({group} on `models`, {job} on the subcommand): give one")
+    chosen = job or group
+    for version in versions:
+        named = job_of_version(version)
+        if named and chosen and named != chosen:
+            raise UsageError(f"{version} is a version of job {named}, not {chosen}: drop --job or fix it")
+        chosen = chosen or named
+    return chosen or DEFAULT_JOB
+
+
+def _json(ctx: typer.Context, as_json: bool) -> bool:
+    return as_json or bool((ctx.obj or {}).get("json"))
 
 
 @models_app.command("list")
-def models_list(job: JobOption = "churn", as_json: JsonOption = False) -> None:
+def models_list(ctx: typer.Context, job: JobOption = None, as_json: JsonOption = False) -> None:
     """Versions with their test metrics, aliases and promotion decision."""
-    _, url, spec = prepare(job)
+    as_json = _json(ctx, as_json)
+    _, url, spec = prepare(_job(ctx, job))
     with db.connection(url) as conn:
         rows = registry.list_models(conn, spec.name)
     if as_json:
@@ -59,9 +90,12 @@ def models_list(job: JobOption = "churn", as_json: JsonOption = False) -> None:
 
 
 @models_app.command("show")
-def models_show(version: VersionArgument, job: JobOption = "churn", as_json: JsonOption = False) -> None:
+def models_show(
+    ctx: typer.Context, version: VersionArgument, job: JobOption = None, as_json: JsonOption = False
+) -> None:
     """One version: lineage, metrics, calibration, behaviour, alias history and the days it published."""
-    _, url, spec = prepare(job)
+    as_json = _json(ctx, as_json)
+    _, url, spec = prepare(_job(ctx, job, version))
     with db.connection(url) as conn:
         info = registry.details(conn, spec.name, version)
         history = registry.alias_history(conn, spec.name)
@@ -97,9 +131,11 @@ def models_show(version: VersionArgument, job: JobOption = "churn", as_json: Jso
 
 
 @models_app.command("promote")
-def models_promote(version: VersionArgument, reason: ReasonOption, job: JobOption = "churn") -> None:
+def models_promote(
+    ctx: typer.Context, version: VersionArgument, reason: ReasonOption, job: JobOption = None
+) -> None:
     """Make a version the champion by hand; the next scoring run uses it."""
-    _, url, spec = prepare(job)
+    _, url, spec = prepare(_job(ctx, job, version))
     with db.connection(url) as conn:
         model = registry.get(conn, spec.name, model_version=version)
         previous = registry.promote(conn, spec.name, model, reason, _operator())
@@ -109,8 +145,9 @@ def models_promote(version: VersionArgument, reason: ReasonOption, job: JobOptio
 
 @models_app.command("rollback")
 def models_rollback(
+    ctx: typer.Context,
     reason: ReasonOption,
-    job: JobOption = "churn",
+    job: JobOption = None,
     republish: Annotated[
         bool,
         typer.Option(
@@ -122,7 +159,7 @@ def models_rollback(
     """Restore the previous champion for the next run (and, with --republish, for readers now)."""
     from mlpipe import publish
 
-    settings, url, spec = prepare(job)
+    settings, url, spec = prepare(_job(ctx, job))
     with db.connection(url) as conn:
         demoted, restored = registry.rollback(conn, spec.name, reason, _operator())
         conn.commit()
@@ -141,10 +178,15 @@ def models_rollback(
 
 @models_app.command("diff")
 def models_diff(
-    a: VersionArgument, b: VersionArgument, job: JobOption = "churn", as_json: JsonOption = False
+    ctx: typer.Context,
+    a: VersionArgument,
+    b: VersionArgument,
+    job: JobOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Two versions side by side: metrics, parameters, features, training window."""
-    _, url, spec = prepare(job)
+    as_json = _json(ctx, as_json)
+    _, url, spec = prepare(_job(ctx, job, a, b))
     with db.connection(url) as conn:
         left, right = registry.details(conn, spec.name, a), registry.details(conn, spec.name, b)
     rows = _diff_rows(left, right)

@@ -25,16 +25,21 @@ def test_a_large_score_shift_from_the_previous_day_is_stopped(conn):
            select customer_id, now() - interval '6 days', 'support' from demo.customers
            cross join generate_series(1, 4)"""
     )
-    with pytest.raises(GateFailed, match="score_psi") as failure:
+    shift = r"score distribution shift \(PSI\) \d\.\d{3} .* above the job's 0.25"
+    with pytest.raises(GateFailed, match=shift) as failure:
         score("churn", days_ago(1))
 
-    assert "previous predictions stay live" in str(failure.value)
+    message = str(failure.value)
+    assert "previous predictions stay live" in message and "max_score_psi" in message
+    assert "quarantine" not in message, "a score shift has nothing to do with quarantined rows"
     assert published(conn) == snapshot
     assert set(history_days(conn)) == {days_ago(3)}
     gates = conn.execute(
         "select gates from mlpipe.runs where kind = 'score' and run_id > %s", [before["run_id"]]
     ).fetchone()[0]
     assert gates["passed"] is False and gates["score_psi"] > 0.25
+    assert gates["failures"][0].startswith("score distribution shift (PSI)")
+    assert gates["gx"][0].startswith("expect_column_values_to_be_between"), "GX's result kept beside it"
 
 
 def test_a_feature_that_goes_missing_fails_the_chunk_feature_check_with_sample_keys(conn):
@@ -42,7 +47,8 @@ def test_a_feature_that_goes_missing_fails_the_chunk_feature_check_with_sample_k
     snapshot = published(conn)
     conn.execute("delete from demo.events where kind = 'session'")  # days_since_last_session: all null
 
-    with pytest.raises(GateFailed, match="missing_over_allowance") as failure:
+    gone = r"input days_since_last_session is missing in 100.0% of chunk \d+'s rows, above its allowance"
+    with pytest.raises(GateFailed, match=gone) as failure:
         score("churn", days_ago(1))
 
     assert "days_since_last_session missing in chunk" in str(failure.value)

@@ -64,3 +64,21 @@ def test_missing_report_names_keys_only_over_the_allowance():
 def test_the_same_distribution_has_no_shift():
     assert population_stability([10, 20, 30], [10, 20, 30]) == pytest.approx(0.0)
     assert population_stability([30, 20, 10], [10, 20, 30]) > 0.25
+
+
+def test_failures_are_restated_in_the_operators_words_with_gx_beside():
+    failures = check_output(_chunks((4519, 4456, 63, 0.1, 0.9)), NO_MISSING, 4519, 0.01, 0.3, 0.25)
+    words = [str(f) for f in failures]
+    assert words == [
+        "quarantine rate 1.4% (63 of 4,519) is above the job's 1.0%",
+        "score distribution shift (PSI) 0.300 against the previous published day is above the job's 0.25",
+    ]
+    assert failures[0].gx.startswith("expect_column_sum_to_be_between: observed 63")
+
+
+def test_the_psi_hint_does_not_point_at_quarantine():
+    from mlpipe.validate import GateFailed
+
+    failures = check_output(_chunks((200, 200, 0, 0.1, 0.9)), NO_MISSING, 200, 0.01, 0.3, 0.25)
+    message = str(GateFailed("the output gate of run 7 (churn 2026-11-23)", failures, None, 7))
+    assert "quarantine" not in message and "outputs.max_score_psi" in message and "runs show 7" in message

@@ -1,0 +1,150 @@
+"""CLI benchmark: how long the quick commands take in a fresh process, and what `train`, `score` and
+`backfill` add to the run's own time.
+
+    python bench/cli.py --entities 3000 --repeat 5
+
+Quick commands (`--help`, `--version`, `db url`, `db status`, `lookup`, `runs`, `models`, `jobs`) are each
+run `--repeat` times as an operator runs them (`python -m mlpipe.cli ...`, a new process each time) and
+the median wall time is reported; the target is 1 s. For `train`, `score` and `backfill` the overhead is
+the command's wall time less the run's own time as mlpipe.runs records it (timings.total_s); the target
+is 3 s. Uses an embedded PostgreSQL in a scratch MLPIPE_HOME (MLPIPE_DATABASE_URL if set); a given
+PREFECT_API_URL is used by the flows, otherwise each flow command starts Prefect's API as it would.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+QUICK_S = 1.0
+FLOW_OVERHEAD_S = 3.0
+
+
+def cli(env: dict, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of one `mlpipe` command in a new process, and its outcome (a failure stops the bench)."""
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "mlpipe.cli", *args], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        raise SystemExit(f"mlpipe {' '.join(args)} failed: {out.stderr.strip()}")
+    return seconds, out
+
+
+def quick_commands(env: dict, repeat: int, entity: str) -> dict[str, float]:
+    """Median wall seconds of each quick command over `repeat` fresh processes."""
+    commands = {
+        "--help": ["--help"],
+        "--version": ["--version"],
+        "db url": ["db", "url"],
+        "db status": ["db", "status"],
+        "lookup": ["lookup", entity],
+        "runs": ["runs"],
+        "models": ["models", "list"],
+        "jobs": ["jobs"],
+    }
+    return {
+        name: round(statistics.median(cli(env, *args)[0] for _ in range(repeat)), 3)
+        for name, args in commands.items()
+    }
+
+
+def run_seconds(url: str, kind: str, after: int) -> tuple[float, int]:
+    """Sum of timings.total_s of the runs of that kind after run `after`, and the newest run id."""
+    from mlpipe.db import connection
+
+    with connection(url) as conn:
+        row = conn.execute(
+            """select coalesce(sum((timings ->> 'total_s')::float8), 0), coalesce(max(run_id), %s)
+               from mlpipe.runs where kind = %s and run_id > %s""",
+            [after, kind, after],
+        ).fetchone()
+    return float(row[0]), int(row[1])
+
+
+def flow_overheads(env: dict, url: str) -> dict[str, dict]:
+    """Wall time, the runs' own time and their difference for train, score and a 2-day backfill."""
+    today = date.today()
+    steps = {
+        "train": ("train", ["train"]),
+        # The version trained just now, champion or not (a small world may not beat the baseline).
+        "score": ("score", ["score", "--model", "churn-v1"]),
+        "backfill": (
+            "score",
+            [
+                "backfill",
+                "--model",
+                "churn-v1",
+                "--start",
+                str(today - timedelta(days=2)),
+                "--end",
+                str(today - timedelta(days=1)),
+            ],
+        ),
+    }
+    figures, last = {}, 0
+    for name, (kind, args) in steps.items():
+        wall, _ = cli(env, *args)
+        own, newest = run_seconds(url, kind, last)
+        last = max(last, newest)
+        figures[name] = {"wall_s": round(wall, 2), "run_s": round(own, 2), "overhead_s": round(wall - own, 2)}
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entities", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    from bench.common import scratch
+    from mlpipe.db import connection
+    from mlpipe.demo import world
+
+    home, url = scratch()
+    env = {**os.environ, "MLPIPE_HOME": str(home), "COLUMNS": "200"}
+    if os.environ.get("MLPIPE_DATABASE_URL"):
+        env["MLPIPE_DATABASE_URL"] = url
+    with connection(url) as conn:
+        world.generate(conn, args.entities, seed=42, end=date.today())
+        conn.commit()
+    flows = flow_overheads(env, url)
+    with connection(url) as conn:
+        entity = str(conn.execute("select entity_id from predictions.churn limit 1").fetchone()[0])
+    quick = quick_commands(env, args.repeat, entity)
+
+    print(f"{'command':<12} {'median s':>9}   (fresh process, {args.repeat} runs, target {QUICK_S:g} s)")
+    for name, seconds in quick.items():
+        print(f"{name:<12} {seconds:>9.3f}")
+    print(f"\n{'command':<12} {'wall s':>8} {'run s':>8} {'overhead s':>11}   (target {FLOW_OVERHEAD_S:g} s)")
+    for name, f in flows.items():
+        print(f"{name:<12} {f['wall_s']:>8.2f} {f['run_s']:>8.2f} {f['overhead_s']:>11.2f}")
+    print(
+        json.dumps(
+            {
+                "bench": "cli",
+                "entities": args.entities,
+                "repeat": args.repeat,
+                "quick_median_s": quick,
+                "quick_max_s": max(quick.values()),
+                "quick_ok": max(quick.values()) <= QUICK_S,
+                "flows": flows,
+                "flow_overhead_max_s": max(f["overhead_s"] for f in flows.values()),
+                "flow_ok": max(f["overhead_s"] for f in flows.values()) <= FLOW_OVERHEAD_S,
+                "prefect_api_url_given": bool(os.environ.get("PREFECT_API_URL")),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
