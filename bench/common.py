@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,3 +25,13 @@ def scratch() -> tuple[Path, str]:
 
     migrate(url)
     return home, url
+
+
+def run_json(script: str, args: list[str], env: dict, what: str) -> dict:
+    """Run `script` with `args` in a fresh Python process (its own peak RSS); its last line is JSON."""
+    out = subprocess.run(
+        [sys.executable, script, *args], env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{out.stdout}\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -223,16 +223,9 @@ def run_evidently(python: Path, url: str, timeout_s: float) -> dict:
 
 
 def run_monitor(env: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", "monitor", "--as-of", date.today().isoformat()],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"monitor failed:\n{out.stdout}\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from bench.common import run_json
+
+    return run_json(__file__, ["--worker", "monitor", "--as-of", date.today().isoformat()], env, "monitor")
 
 
 def set_histograms(url: str, histograms: dict | None) -> dict:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from datetime import date
@@ -246,16 +245,11 @@ def reasons_jobs(home: Path, job: str) -> dict[str, str]:
 
 
 def run_worker(path: str, day: date, job: str, env: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", path, "--as-of", day.isoformat(), "--job", job],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    from bench.common import run_json
+
+    return run_json(
+        __file__, ["--worker", path, "--as-of", day.isoformat(), "--job", job], env, f"{path} path"
     )
-    if out.returncode != 0:
-        raise SystemExit(f"{path} path failed:\n{out.stdout}\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def prepare(shape: str, url: str, settings, seed: int) -> tuple[str, float, float]:
