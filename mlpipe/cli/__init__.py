@@ -26,6 +26,7 @@ from mlpipe.cli.common import (
 )
 from mlpipe.cli.database import db_app
 from mlpipe.cli.models import models_app
+from mlpipe.cli.server import server_app
 from mlpipe.errors import MlpipeError, UsageError
 from mlpipe.prefect_api import prefect_api
 
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(server_app, name="server")
 
 
 def _quiet_prefect() -> None:
@@ -185,7 +187,7 @@ def train(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
     day = parse_day(as_of)
     _, _, spec = prepare(job)
     with prefect_api(), console.status(f"training {spec.name} as of {day}"):
-        result = train_flow(job=str(spec.folder / "job.yaml"), as_of=day)
+        result = train_flow(job=job if job == spec.name else str(spec.folder / "job.yaml"), as_of=day)
     _print_training(result)
 
 
@@ -198,7 +200,9 @@ def score(job: JobOption = "churn", as_of: AsOfOption = None, model: ModelOption
     _, _, spec = prepare(job)
     spec.check_as_of(day)
     with prefect_api(), console.status(f"scoring {spec.name} as of {day}"):
-        result = score_flow(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
+        result = score_flow(
+            job=job if job == spec.name else str(spec.folder / "job.yaml"), as_of=day, model_version=model
+        )
     _print_score(result)
 
 
@@ -217,7 +221,12 @@ def backfill(
     days = days_between(first, last)
     _, _, spec = prepare(job)
     with prefect_api(), console.status(f"backfill {spec.name}: {len(days)} days, {first} to {last}"):
-        results = backfill_flow(job=str(spec.folder / "job.yaml"), start=first, end=last, model_version=model)
+        results = backfill_flow(
+            job=job if job == spec.name else str(spec.folder / "job.yaml"),
+            start=first,
+            end=last,
+            model_version=model,
+        )
     out = Table("as of", "run", "scored", "quarantined", "view", title=f"backfill {spec.name}")
     for result in results:
         view = "moved" if result["view_moved"] else "kept newer day"
@@ -239,7 +248,7 @@ def monitor(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
     day = parse_day(as_of)
     _, _, spec = prepare(job)
     with prefect_api(), console.status(f"monitoring {spec.name} as of {day}"):
-        result = monitor_flow(job=str(spec.folder / "job.yaml"), as_of=day)
+        result = monitor_flow(job=job if job == spec.name else str(spec.folder / "job.yaml"), as_of=day)
     _print_monitor(result)
 
 
