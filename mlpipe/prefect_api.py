@@ -252,10 +252,8 @@ def prefect_api(settings: Settings | None = None) -> Iterator[None]:
     """Run the block's flows against PREFECT_API_URL if set, else against the managed server."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if configured_url():
-        yield
-        return
-    url = ensure_server(settings or Settings()).url
+    configured = configured_url()
+    url = configured or ensure_server(settings or Settings()).url
     with temporary_settings(updates={PREFECT_API_URL: url}):
         try:
             yield
@@ -274,10 +272,15 @@ def _flush_to_api() -> None:
 
 def run_url(flow_run_id: str | None, settings: Settings | None = None) -> str | None:
     """The UI page of a flow run, without importing Prefect: PREFECT_UI_URL, else derived from
-    PREFECT_API_URL (local or Prefect Cloud), else the managed server's address; None if unknown."""
+    PREFECT_API_URL (local or Prefect Cloud; Prefect's settings if it is imported), else the managed
+    server's address; None if unknown."""
     if not flow_run_id:
         return None
     ui = os.environ.get("PREFECT_UI_URL") or _ui_from_api(os.environ.get("PREFECT_API_URL"))
+    if ui is None and "prefect.settings" in sys.modules:  # already paid for: its settings and profile
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+        ui = PREFECT_UI_URL.value() or _ui_from_api(PREFECT_API_URL.value())
     if ui is None:
         server = recorded(settings or Settings())
         ui = server.ui_url if server else None
