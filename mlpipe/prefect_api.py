@@ -36,6 +36,7 @@ DEFAULT_PORT = 4200  # Prefect's own default: the UI at the address its document
 STARTUP_TIMEOUT_S = 120.0  # the first start (database migrations) takes 15-30 s on two busy cores
 STOP_GRACE_S = 15.0
 GRACE_SECONDS = 10
+PORT_ATTEMPTS = 3
 
 # Servers this process started: kept referenced so that Python does not warn that they still run.
 _started: list[subprocess.Popen] = []
@@ -157,7 +158,10 @@ def _terminate(pid: int) -> None:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on the port (connections of a killed server in TIME_WAIT do not count: the
+    server binds with SO_REUSEADDR, as here)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -167,7 +171,7 @@ def _port_free(port: int) -> bool:
 
 def _choose_port(preferred: int) -> int:
     """The port it had (so the UI's address stays the same), else any free one."""
-    if _port_free(preferred):
+    if preferred and _port_free(preferred):
         return preferred
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -185,10 +189,23 @@ def _server_env(settings: Settings) -> dict[str, str]:
 
 
 def _start(settings: Settings, preferred_port: int) -> ManagedServer:
+    """Start the server and wait for its health check; another port if its port got taken meanwhile."""
     port = _choose_port(preferred_port)
+    for _ in range(PORT_ATTEMPTS):
+        process, server = _spawn(settings, port)
+        if _wait_until_up(process, server, settings):
+            log.info("started the managed Prefect server at %s (pid %s)", server.url, server.pid)
+            return server
+        port = _choose_port(0)
+    raise MlpipeError(
+        f"no free port for the managed Prefect server after {PORT_ATTEMPTS} attempts; "
+        "set PREFECT_API_URL to a running Prefect server"
+    )
+
+
+def _spawn(settings: Settings, port: int) -> tuple[subprocess.Popen, ManagedServer]:
     url = f"http://127.0.0.1:{port}/api"
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    folder = server_dir(settings)
     with open(log_path(settings), "ab") as output:
         output.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} mlpipe starts {url}\n".encode())
         output.flush()
@@ -198,22 +215,23 @@ def _start(settings: Settings, preferred_port: int) -> ManagedServer:
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            cwd=folder,
+            cwd=server_dir(settings),
             env=_server_env(settings),
             start_new_session=True,
         )
     _started.append(process)
     server = ManagedServer(process.pid, port, url)
     _state_path(settings).write_text(json.dumps(asdict(server)))
-    _wait_until_up(process, server, settings)
-    log.info("started the managed Prefect server at %s (pid %s)", url, process.pid)
-    return server
+    return process, server
 
 
-def _wait_until_up(process: subprocess.Popen, server: ManagedServer, settings: Settings) -> None:
+def _wait_until_up(process: subprocess.Popen, server: ManagedServer, settings: Settings) -> bool:
+    """True once the API answers; False if the port was taken by then; raises if it cannot start."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         code = process.poll()
+        if code is not None and not _port_free(server.port):
+            return False  # another program bound the port between our check and the server's
         if code is not None:
             last = _last_line(settings)
             raise MlpipeError(
@@ -221,7 +239,7 @@ def _wait_until_up(process: subprocess.Popen, server: ManagedServer, settings: S
                 f"see {log_path(settings)}, or set PREFECT_API_URL to a running Prefect server"
             )
         if healthy(server.url, timeout=1.0):
-            return
+            return True
         time.sleep(0.2)
     _terminate(process.pid)
     raise MlpipeError(

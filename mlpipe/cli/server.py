@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 
 import typer
@@ -18,8 +17,8 @@ server_app = typer.Typer(
 
 
 def _configured() -> str | None:
-    # Only the environment: reading Prefect's profile would import Prefect (seconds) for a quick answer.
-    return os.environ.get("PREFECT_API_URL") or None
+    """PREFECT_API_URL as the flows see it (the environment, or the active Prefect profile)."""
+    return prefect_api.configured_url()
 
 
 @server_app.command()
