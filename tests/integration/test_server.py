@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -104,3 +107,27 @@ def test_with_prefect_api_url_set_nothing_is_started(db_url, conn, home, prefect
 
 def _nothing_started(settings: Settings) -> bool:
     return managed.recorded(settings) is None and not managed.log_path(settings).exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_deploy_serves_until_ctrl_c_or_sigterm_then_stops(prefect_api, signum):
+    """deploy.py started with `&` from a script (SIGINT ignored, as such a shell does) still stops
+    promptly and cleanly on Ctrl-C or SIGTERM."""
+    serving = subprocess.Popen(
+        [sys.executable, "deployments/deploy.py", "--job", "churn"],
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert "serving mlpipe-train/churn-monthly" in serving.stdout.readline()
+        time.sleep(3)  # the runner registers and polls
+        serving.send_signal(signum)
+        output, _ = serving.communicate(timeout=30)
+    finally:
+        serving.kill()
+    assert serving.returncode == 0, output
+    assert "stopped serving" in output and "Traceback" not in output, output
