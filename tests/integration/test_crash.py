@@ -12,7 +12,7 @@ import psutil
 import pytest
 from psycopg import sql
 
-from mlpipe import prefect_api
+from mlpipe import prefect_api as managed
 from mlpipe.db import connection
 from mlpipe.settings import Settings
 from tests.fixtures.processes import (
@@ -130,13 +130,13 @@ def _descendants_once_running(db_url, conn, day, tmp_path):
             wait_for(conn, RUN_STARTED, [], proc)
             blocker.execute("lock table demo.events in access exclusive mode")  # a chunk's extract waits
             wait_for(conn, WAITING_ON, ["copy (select%"], proc)
-            server = prefect_api.running(settings)
+            server = managed.running(settings)
             assert server is not None, "the command started the managed Prefect server"
             children = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.pid != server.pid]
             yield proc, children, blocker
-            assert prefect_api.running(settings) == server, "the managed server outlives the command"
+            assert managed.running(settings) == server, "the managed server outlives the command"
     finally:
-        prefect_api.stop_server(settings)
+        managed.stop_server(settings)
 
 
 def _survivors(children: list[psutil.Process]) -> list[psutil.Process]:
