@@ -8,7 +8,7 @@ from datetime import date
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlpipe import metrics, monitor, report
+from mlpipe import flow_runs, metrics, monitor, report
 from mlpipe.db import connection, database_url
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
@@ -23,6 +23,7 @@ def monitor_task(job: str, as_of: date) -> dict:
     try:
         with connection(database_url(settings), autocommit=True) as conn:
             result = monitor.monitor(conn, spec, as_of)
+            flow_runs.record_flow_run(conn, result.run_id)
             report_path = report.write_report(conn, spec, report.default_path(settings, spec), as_of=as_of)
     except BaseException:
         metrics.record_failure(settings, spec.name, "monitor")
@@ -47,7 +48,9 @@ def monitor_task(job: str, as_of: date) -> dict:
     return summary
 
 
-@flow(name="mlpipe-monitor")
+@flow(name="mlpipe-monitor", flow_run_name=flow_runs.monitor_run_name)
 def monitor_flow(job: str = "churn", as_of: date | None = None) -> dict:
     """Monitor the job as of `as_of` (default today); a crossed `fail` threshold fails the run."""
-    return monitor_task(job, as_of or date.today())
+    flow_runs.tag_run("monitor", job)
+    with flow_runs.run_logs("monitor", job):
+        return monitor_task(job, as_of or date.today())

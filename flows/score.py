@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.monitor import monitor_task
-from mlpipe import metrics
+from mlpipe import flow_runs, metrics
 from mlpipe.chunks import ChunkResult, RunContext, score_chunk
-from mlpipe.db import DatabaseError, database_url
+from mlpipe.db import DatabaseError, connection, database_url
 from mlpipe.extract import Chunk
 from mlpipe.score import ScoringRun
 from mlpipe.settings import Settings
@@ -37,6 +37,7 @@ def _is_io_error(task, task_run, state) -> bool:
 
 @task(
     name="score-chunk",
+    task_run_name=flow_runs.chunk_run_name,
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=_is_io_error,
@@ -44,7 +45,9 @@ def _is_io_error(task, task_run, state) -> bool:
 )
 def score_chunk_task(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     """One key range; each attempt writes all of its rows or none, so a retry is safe."""
-    return score_chunk(ctx, chunk)
+    result = score_chunk(ctx, chunk)
+    flow_runs.log_chunk(chunk, result)
+    return result
 
 
 def task_runner_for(settings: Settings) -> TaskRunner:
@@ -58,26 +61,39 @@ def task_runner_for(settings: Settings) -> TaskRunner:
 
 # The flow's own runner is unused: a decorator's runner is fixed at import time, and chunk tasks must
 # follow the settings of the process that runs the flow, so they go through `task_runner_for` below.
-@flow(name="mlpipe-score")
+@flow(name="mlpipe-score", flow_run_name=flow_runs.score_run_name)
 def score_flow(
     job: str = "churn", as_of: date | None = None, model_version: str | None = None, monitor: bool = False
 ) -> dict:
     """Score the job's whole population as of `as_of` (default today) and publish it; with `monitor`,
     then bring its drift and performance up to date (the daily deployment does)."""
+    flow_runs.tag_run("score", job)
+    with flow_runs.run_logs("score", job):
+        return _score(job, as_of or date.today(), model_version, monitor)
+
+
+def _score(job: str, day: date, model_version: str | None, monitor: bool) -> dict:
     settings = Settings()
     spec = load_job(job, settings)
-    day = as_of or date.today()
+    url = database_url(settings)
+    run = None
     try:
         with (
-            ScoringRun.begin(database_url(settings), settings, spec, day, model_version) as run,
+            ScoringRun.begin(url, settings, spec, day, model_version) as run,
             task_runner_for(settings) as runner,
         ):
+            flow_runs.record_flow_run(run.conn, run.run_id)
             futures = runner.map(score_chunk_task, {"ctx": unmapped(run.context), "chunk": run.chunks})
             summary = run.finish([future.result() for future in futures]).as_dict()
     except BaseException:
         metrics.record_failure(settings, spec.name, "score")
+        if run is not None and run.run_id is not None:
+            flow_runs.report_failed_run(url, job, run.run_id)
         raise
     metrics.record_score(settings, summary)
+    with connection(url, autocommit=True) as conn:
+        flow_runs.score_report(conn, job, summary["run_id"])
+    flow_runs.log_published(summary)
     if monitor:
         summary["monitor"] = monitor_task(job, day)
     return summary

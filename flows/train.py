@@ -6,7 +6,7 @@ from datetime import date
 
 from prefect import flow, task
 
-from mlpipe import train
+from mlpipe import flow_runs, train
 from mlpipe.db import connection, database_url
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
@@ -14,11 +14,16 @@ from mlpipe.spec import load_job
 
 @task(name="train-and-register")
 def train_task(job: str, as_of: date) -> dict:
+    """Train and register; the candidates table goes on the flow run."""
     settings = Settings()
     spec = load_job(job, settings)
     with connection(database_url(settings)) as conn:
         result = train.train(conn, settings, spec, as_of)
-    return summary(result, spec.model.metric)
+        flow_runs.record_flow_run(conn, result.run_id)
+        conn.commit()
+    brief = summary(result, spec.model.metric)
+    flow_runs.candidates_artifact(job, brief)
+    return brief
 
 
 def summary(result: train.TrainResult, metric: str) -> dict:
@@ -52,7 +57,9 @@ def summary(result: train.TrainResult, metric: str) -> dict:
     }
 
 
-@flow(name="mlpipe-train")
+@flow(name="mlpipe-train", flow_run_name=flow_runs.train_run_name)
 def train_flow(job: str = "churn", as_of: date | None = None) -> dict:
     """Train the job as of `as_of` (default today); promote the new version if the spec's rule is met."""
-    return train_task(job, as_of or date.today())
+    flow_runs.tag_run("train", job)
+    with flow_runs.run_logs("train", job):
+        return train_task(job, as_of or date.today())

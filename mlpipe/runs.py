@@ -154,6 +154,33 @@ def record_counts(conn: psycopg.Connection, run_id: int, scored: int, quarantine
     )
 
 
+def record_flow_run(conn: psycopg.Connection, run_id: int, flow_run_id: str | None) -> None:
+    """The Prefect flow run that carries this run (None outside a flow run: nothing to record)."""
+    if flow_run_id is not None:
+        conn.execute("update mlpipe.runs set flow_run_id = %s where run_id = %s", [str(flow_run_id), run_id])
+
+
+def score_outcome(conn: psycopg.Connection, run_id: int) -> dict | None:
+    """A scoring run's status, model, counts, error, timings and gates, as recorded."""
+    cur = conn.execute(
+        """select r.status, m.model_version as model, r.population, r.rows_scored, r.rows_quarantined,
+                  r.chunks, r.error, r.timings, r.gates
+           from mlpipe.runs r left join mlpipe.models m using (model_id) where r.run_id = %s""",
+        [run_id],
+    )
+    row = cur.fetchone()
+    return None if row is None else dict(zip([c.name for c in cur.description], row, strict=True))
+
+
+def quarantine_reasons(conn: psycopg.Connection, run_id: int) -> list[tuple[str, int]]:
+    """Why a run's rows were quarantined: (reason, rows), most frequent first."""
+    return conn.execute(
+        """select reason, count(*) from mlpipe.quarantine where run_id = %s
+           group by reason order by count(*) desc, reason""",
+        [run_id],
+    ).fetchall()
+
+
 def record_gates(conn: psycopg.Connection, run_id: int, gates: dict) -> None:
     conn.execute("update mlpipe.runs set gates = %s where run_id = %s", [Jsonb(gates), run_id])
 

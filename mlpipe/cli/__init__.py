@@ -38,6 +38,7 @@ from mlpipe.cli.database import db_app
 from mlpipe.cli.jobs import jobs
 from mlpipe.cli.models import models_app
 from mlpipe.cli.runs import runs_app
+from mlpipe.cli.server import server_app
 from mlpipe.errors import MlpipeError, UsageError
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ app = typer.Typer(
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")
+app.add_typer(server_app, name="server")
 app.command("jobs")(jobs)
 
 
@@ -255,6 +257,11 @@ def _auc(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _job_parameter(job: str, spec) -> str:
+    """What a flow run shows as its job: the name when the spec was found by name, else its path."""
+    return job if job == spec.name else str(spec.folder / "job.yaml")
+
+
 @app.command()
 def train(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
     """Train the job's candidates as of a day, register the best, promote it if the rule is met."""
@@ -263,7 +270,7 @@ def train(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
     day = parse_day(as_of)
     _, _, spec = prepare(job)
     with flow_api(), status(f"training {spec.name} as of {day}"):
-        result = train_flow(job=str(spec.folder / "job.yaml"), as_of=day)
+        result = train_flow(job=_job_parameter(job, spec), as_of=day)
     _print_training(result, spec.history)
 
 
@@ -276,7 +283,7 @@ def score(job: JobOption = "churn", as_of: AsOfOption = None, model: ModelOption
     _, _, spec = prepare(job)
     spec.check_as_of(day)
     with flow_api(), status(f"scoring {spec.name} as of {day}"):
-        result = score_flow(job=str(spec.folder / "job.yaml"), as_of=day, model_version=model)
+        result = score_flow(job=_job_parameter(job, spec), as_of=day, model_version=model)
     _print_score(result)
 
 
@@ -295,7 +302,7 @@ def backfill(
     days = days_between(first, last)
     _, _, spec = prepare(job)
     with flow_api(), status(f"backfill {spec.name}: {len(days)} days, {first} to {last}"):
-        results = backfill_flow(job=str(spec.folder / "job.yaml"), start=first, end=last, model_version=model)
+        results = backfill_flow(job=_job_parameter(job, spec), start=first, end=last, model_version=model)
     out = Table("as of", "run", "scored", "quarantined", "view", title=f"backfill {spec.name}")
     for result in results:
         view = "moved" if result["view_moved"] else "kept newer day"
@@ -317,7 +324,7 @@ def monitor(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
     day = parse_day(as_of)
     _, _, spec = prepare(job)
     with flow_api(), status(f"monitoring {spec.name} as of {day}"):
-        result = monitor_flow(job=str(spec.folder / "job.yaml"), as_of=day)
+        result = monitor_flow(job=_job_parameter(job, spec), as_of=day)
     _print_monitor(result)
 
 

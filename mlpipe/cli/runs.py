@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from typing import Annotated
 
@@ -129,14 +128,9 @@ def _unknown(gates: dict) -> str:
 
 
 def flow_run_link(flow_run_id: object) -> str | None:
-    """Where the run's Prefect flow run is in the UI (mlpipe.prefect_api.run_url when it exists)."""
+    """Where the run's Prefect flow run is in the UI."""
     if not flow_run_id:
         return None
-    try:
-        from mlpipe.prefect_api import run_url  # the managed server's own link (its branch)
-    except ImportError:
-        api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
-        if not api:
-            return str(flow_run_id)
-        return f"{api.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+    from mlpipe.prefect_api import run_url
+
     return run_url(str(flow_run_id))

@@ -1,5 +1,6 @@
 """A scoring run killed with SIGKILL in a real subprocess leaves the published predictions as they were,
-and nothing the killed `mlpipe score` started outlives it."""
+and nothing the killed `mlpipe score` started outlives it but the managed Prefect server, which is
+meant to (the next command reuses it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import psutil
 import pytest
 from psycopg import sql
 
+from mlpipe import prefect_api as managed
 from mlpipe.db import connection
+from mlpipe.settings import Settings
 from tests.fixtures.processes import (
     DONE_ALL,
     DONE_SOME,
@@ -118,15 +121,22 @@ def test_a_crashed_run_with_another_model_is_dropped_not_resumed(db_url, conn, p
 
 
 def _descendants_once_running(db_url, conn, day, tmp_path):
-    """Start `mlpipe score` without a Prefect API, hold it mid-run; yield it and its descendants."""
-    proc = start_cli_score(db_url, None, day, prefect_home=tmp_path)
-    with connection(db_url) as blocker, killed_at_the_end(proc):
-        wait_for(conn, RUN_STARTED, [], proc)
-        blocker.execute("lock table demo.events in access exclusive mode")  # a chunk's extract waits
-        wait_for(conn, WAITING_ON, ["copy (select%"], proc)
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert children, "the command started its temporary Prefect API"
-        yield proc, children, blocker
+    """Start `mlpipe score` without PREFECT_API_URL, hold it mid-run; yield it and its descendants
+    other than the managed Prefect server (under MLPIPE_HOME), and that server."""
+    settings = Settings(home=os.environ["MLPIPE_HOME"])  # the session's: its models' artifacts are there
+    proc = start_cli_score(db_url, None, day, prefect_home=tmp_path, mlpipe_home=settings.home)
+    try:
+        with connection(db_url) as blocker, killed_at_the_end(proc):
+            wait_for(conn, RUN_STARTED, [], proc)
+            blocker.execute("lock table demo.events in access exclusive mode")  # a chunk's extract waits
+            wait_for(conn, WAITING_ON, ["copy (select%"], proc)
+            server = managed.running(settings)
+            assert server is not None, "the command started the managed Prefect server"
+            children = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.pid != server.pid]
+            yield proc, children, blocker
+            assert managed.running(settings) == server, "the managed server outlives the command"
+    finally:
+        managed.stop_server(settings)
 
 
 def _survivors(children: list[psutil.Process]) -> list[psutil.Process]:
