@@ -482,6 +482,11 @@ def status(conn: psycopg.Connection, job: str) -> dict | None:
     if current is None:
         return None
     days = step_days(conn, current, date.max)
+    change = conn.execute(
+        """select changed_at, changed_by, reason from mlpipe.alias_history
+           where job = %s and share is not null and changed_at >= %s order by change_id desc limit 1""",
+        [job, current.started_at],
+    ).fetchone()
     return {
         **asdict(current),
         "challenger": _name(conn, job, current.model_id),
@@ -490,4 +495,5 @@ def status(conn: psycopg.Connection, job: str) -> dict | None:
         "share": current.share,
         "days_at_step": len(days),
         "first_day_at_step": days[0]["as_of"] if days else None,
+        "last_change": change and dict(zip(("changed_at", "changed_by", "reason"), change, strict=True)),
     }

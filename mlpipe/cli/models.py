@@ -229,6 +229,7 @@ def rollout_status(job: JobOption = "churn", as_json: JsonOption = False) -> Non
         ("started", f"{info['started_at']:%Y-%m-%d %H:%M} by {info['started_by']}: {info['reason']}"),
         ("last check", f"{info['checked_as_of'] or '-'}: {check.get('verdict', '-')}"),
         ("why", "; ".join(check.get("reasons", [])) or "-"),
+        ("last change", _last_change(info["last_change"])),
     ):
         facts.add_row(label, str(value))
     console.print(facts)
@@ -266,3 +267,9 @@ def rollout_abort(reason: ReasonOption, job: JobOption = "churn") -> None:
 
 def _steps(steps: list[float]) -> str:
     return " -> ".join(f"{share:.0%}" for share in steps)
+
+
+def _last_change(change: dict | None) -> str:
+    if change is None:
+        return "-"
+    return f"{change['changed_at']:%Y-%m-%d %H:%M} by {change['changed_by']}: {change['reason']}"
