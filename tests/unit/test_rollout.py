@@ -14,7 +14,7 @@ import yaml
 
 from mlpipe.chunks import challenger_arm
 from mlpipe.errors import SpecError
-from mlpipe.rollout import FAIL, PASS, WAIT, judge, non_inferiority, pooled_auc
+from mlpipe.rollout_judge import FAIL, PASS, WAIT, judge, non_inferiority, pooled_auc
 from mlpipe.settings import Settings
 from mlpipe.spec import Rollout, load_job
 
