@@ -8,7 +8,7 @@ from datetime import date
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlpipe import flow_runs, metrics, monitor, report
+from mlpipe import flow_runs, metrics, monitor, report, rollout
 from mlpipe.db import connection, database_url
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
@@ -24,6 +24,7 @@ def monitor_task(job: str, as_of: date) -> dict:
         with connection(database_url(settings), autocommit=True) as conn:
             result = monitor.monitor(conn, spec, as_of)
             flow_runs.record_flow_run(conn, result.run_id)
+            step = rollout.advance(conn, spec, as_of)  # a running rollout: advanced, promoted, rolled back
             report_path = report.write_report(conn, spec, report.default_path(settings, spec), as_of=as_of)
     except BaseException:
         metrics.record_failure(settings, spec.name, "monitor")
@@ -31,7 +32,7 @@ def monitor_task(job: str, as_of: date) -> dict:
     metrics.record_monitor(
         settings, spec.name, result.figures, bool(result.failed), seconds=time.monotonic() - started
     )
-    summary = {**result.as_dict(), "report": str(report_path)}
+    summary = {**result.as_dict(), "report": str(report_path), "rollout": step and step.as_dict()}
     create_table_artifact(
         table=[{"figure": name, "value": value} for name, value in result.figures.items()],
         key=f"{spec.name.replace('_', '-')}-monitor",

@@ -282,8 +282,9 @@ def _write_with_challenger(conn, ctx: RunContext, chunk: Chunk, keys, matrix, sc
 
 
 def challenger_arm(keys: np.ndarray, share: float) -> np.ndarray:
-    """Whether each entity is in the challenger's arm: a stable hash of its key (the same every
-    day, on every machine), so an entity stays with one model for the whole test."""
+    """Whether each entity is in the challenger's arm: a stable hash bucket of its key (the same
+    every day, on every machine), so an entity stays with one model for the whole test. The arm is
+    `bucket < share`: arms of growing shares nest, so a rollout step only ever adds entities."""
     if share <= 0 or len(keys) == 0:
         return np.zeros(len(keys), dtype=bool)
     buckets = pd.util.hash_array(np.asarray(keys, dtype=object), categorize=False) % 10_000

@@ -122,13 +122,18 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
     return float((positives * negatives_below).sum() + 0.5 * (positives * negatives).sum()) / (p * n)
 
 
-def auc_interval(value: float, positives: float, negatives: float) -> tuple[float, float]:
-    """95% interval of an AUC (Hanley and McNeil, 1982)."""
+def auc_variance(value: float, positives: float, negatives: float) -> float:
+    """Variance of an AUC (Hanley and McNeil, 1982)."""
     q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
     variance = (
         value * (1 - value) + (positives - 1) * (q1 - value**2) + (negatives - 1) * (q2 - value**2)
     ) / (positives * negatives)
-    half = 1.96 * np.sqrt(max(variance, 0.0))
+    return max(float(variance), 0.0)
+
+
+def auc_interval(value: float, positives: float, negatives: float) -> tuple[float, float]:
+    """95% interval of an AUC (Hanley and McNeil, 1982)."""
+    half = 1.96 * np.sqrt(auc_variance(value, positives, negatives))
     return max(0.0, value - half), min(1.0, value + half)
 
 

@@ -129,9 +129,17 @@ def resolve(conn: psycopg.Connection, job: str, model_version: str | None) -> Mo
 
 
 def set_alias(
-    conn: psycopg.Connection, job: str, alias: str, model_id: int, reason: str, changed_by: str | None = None
+    conn: psycopg.Connection,
+    job: str,
+    alias: str,
+    model_id: int,
+    reason: str,
+    changed_by: str | None = None,
+    *,
+    share: float | None = None,
 ) -> None:
-    """Point an alias at a model and keep the change (who, when, why) in mlpipe.alias_history."""
+    """Point an alias at a model and keep the change (who, when, why, and a rollout's share of
+    entities) in mlpipe.alias_history."""
     previous = conn.execute(
         "select model_id from mlpipe.model_aliases where job = %s and alias = %s for update", [job, alias]
     ).fetchone()
@@ -140,10 +148,31 @@ def set_alias(
            on conflict (job, alias) do update set model_id = excluded.model_id, updated_at = now()""",
         [job, alias, model_id],
     )
+    _history(conn, job, alias, model_id, previous and previous[0], reason, changed_by, share)
+
+
+def clear_alias(
+    conn: psycopg.Connection,
+    job: str,
+    alias: str,
+    reason: str,
+    changed_by: str,
+    *,
+    share: float | None = None,
+) -> None:
+    """Remove an alias (a challenger rolled back), keeping the change in mlpipe.alias_history."""
+    previous = conn.execute(
+        "delete from mlpipe.model_aliases where job = %s and alias = %s returning model_id", [job, alias]
+    ).fetchone()
+    _history(conn, job, alias, None, previous and previous[0], reason, changed_by, share)
+
+
+def _history(conn, job, alias, model_id, previous_id, reason, changed_by, share) -> None:
     conn.execute(
-        """insert into mlpipe.alias_history (job, alias, model_id, previous_model_id, reason, changed_by)
-           values (%s, %s, %s, %s, %s, coalesce(%s, current_user))""",
-        [job, alias, model_id, previous[0] if previous else None, reason, changed_by],
+        """insert into mlpipe.alias_history (job, alias, model_id, previous_model_id, reason, changed_by,
+               share)
+           values (%s, %s, %s, %s, %s, coalesce(%s, current_user), %s)""",
+        [job, alias, model_id, previous_id, reason, changed_by, share],
     )
 
 
@@ -165,13 +194,19 @@ def list_models(conn: psycopg.Connection, job: str) -> list[dict]:
 
 
 def promote(
-    conn: psycopg.Connection, job: str, model: ModelVersion, reason: str, changed_by: str
+    conn: psycopg.Connection,
+    job: str,
+    model: ModelVersion,
+    reason: str,
+    changed_by: str,
+    *,
+    share: float | None = None,
 ) -> ModelVersion | None:
-    """Make `model` the champion by hand; returns the champion it replaced."""
+    """Make `model` the champion (by hand, or at the end of a rollout); returns the one it replaced."""
     previous = champion(conn, job)
     if previous is not None and previous.model_id == model.model_id:
         raise UsageError(f"{model.model_version} is already the champion of {job}")
-    set_alias(conn, job, "champion", model.model_id, reason, changed_by)
+    set_alias(conn, job, "champion", model.model_id, reason, changed_by, share=share)
     conn.execute(
         "delete from mlpipe.model_aliases where job = %s and alias = 'challenger' and model_id = %s",
         [job, model.model_id],
@@ -200,7 +235,7 @@ def alias_history(conn: psycopg.Connection, job: str, limit: int = 20) -> list[d
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """select h.changed_at, h.alias, m.model_version, p.model_version as previous,
-                      h.changed_by, h.reason
+                      h.share, h.changed_by, h.reason
                from mlpipe.alias_history h
                left join mlpipe.models m on m.model_id = h.model_id
                left join mlpipe.models p on p.model_id = h.previous_model_id

@@ -403,8 +403,10 @@ def _timeline(conn: psycopg.Connection, w: Window) -> str:
             """select trained_as_of, 'trained (data up to)', model_version from mlpipe.models
                where job = %(job)s and trained_as_of between %(start)s and %(end)s
                union all
-               select h.changed_at::date, h.alias, coalesce(m.model_version, 'none')
-               from mlpipe.alias_history h left join mlpipe.models m using (model_id)
+               select h.changed_at::date, case when h.share is null then h.alias else 'rollout' end,
+                      coalesce(m.model_version, p.model_version, 'none')
+               from mlpipe.alias_history h left join mlpipe.models m on m.model_id = h.model_id
+               left join mlpipe.models p on p.model_id = h.previous_model_id
                where h.job = %(job)s and h.changed_at::date between %(start)s and %(end)s""",
             w.params,
         )
@@ -420,8 +422,8 @@ def _timeline(conn: psycopg.Connection, w: Window) -> str:
         )
     ]
     changes = conn.execute(
-        """select h.changed_at::timestamp(0), h.alias, m.model_version, p.model_version, h.changed_by,
-                  h.reason
+        """select h.changed_at::timestamp(0), h.alias, m.model_version, p.model_version,
+                  to_char(100 * h.share, 'FM990"%%"'), h.changed_by, h.reason
            from mlpipe.alias_history h left join mlpipe.models m on m.model_id = h.model_id
            left join mlpipe.models p on p.model_id = h.previous_model_id
            where h.job = %(job)s order by h.changed_at desc limit 20""",
@@ -433,5 +435,5 @@ def _timeline(conn: psycopg.Connection, w: Window) -> str:
     else:
         parts.append(_empty(f"No model trained, alias changed or day served between {w.start} and {w.end}."))
     if changes:
-        parts.append(_table(["changed at", "alias", "to", "from", "by", "reason"], changes))
+        parts.append(_table(["changed at", "alias", "to", "from", "rollout share", "by", "reason"], changes))
     return "".join(parts)

@@ -18,7 +18,7 @@ import numpy as np
 import psycopg
 from pydantic import SecretStr
 
-from mlpipe import drift, publish, registry, runs, validate
+from mlpipe import drift, publish, registry, rollout, runs, validate
 from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext, spec_digest
 from mlpipe.db import DatabaseError, connect, connection
 from mlpipe.errors import RunLockedError, SpecError, UsageError
@@ -64,6 +64,8 @@ class ScoringRun:
         self.shadow_table: str | None = None
         self.timings: dict = {}
         self.spec_digest: str | None = None
+        self.rollout: rollout.Rollout | None = None
+        self.challenger_share = 0.0
 
     @classmethod
     def begin(
@@ -122,6 +124,8 @@ class ScoringRun:
             challenger_mode=self._challenger_mode(),
             spec_digest=self.spec_digest,
         )
+        if self.challenger is not None:
+            rollout.record_run(conn, self.run_id, self.challenger_share, self.rollout)
         self.table = publish.create_run_table(conn, spec, self.run_id, as_of, self.model.model_version)
         if self.challenger is not None and spec.outputs.shadow:
             self.shadow_table = publish.create_run_table(
@@ -140,12 +144,14 @@ class ScoringRun:
         # We hold the lock, so any run of this (job, day) still marked running has died.
         crashed = runs.crashed(self.conn, "score", self.spec.name, self.as_of)
         challenger_id = self.challenger.model_id if self.challenger else None
+        share = self.challenger_share if challenger_id else None  # a rollout's step may have moved
         resumable = next(
             (
                 run
                 for run in crashed[:1]
                 if run.model_id == self.model.model_id
                 and run.challenger_model_id == challenger_id
+                and rollout.run_share(self.conn, run.run_id) == share
                 and run.plan is not None
                 and run.spec_digest in (None, spec_digest(self.spec))  # None: from before digests
                 and publish.run_table_exists(self.conn, publish.run_table_name(self.spec, run.run_id))
@@ -203,15 +209,21 @@ class ScoringRun:
             )
 
     def _challenger(self) -> ModelVersion | None:
-        outputs = self.spec.outputs
-        if not outputs.shadow and outputs.challenger_share == 0:
-            return None
-        challenger = registry.challenger(self.conn, self.spec.name)
-        if challenger is None or challenger.model_id == self.model.model_id:
-            log.warning(
-                "job %s asks for a challenger but has none; scoring with the champion only", self.spec.name
-            )
-            return None
+        """A running (or paused) rollout's challenger at its step's share; else the registry's
+        challenger at the spec's fixed share (or in shadow only)."""
+        outputs, job = self.spec.outputs, self.spec.name
+        current = rollout.active(self.conn, job)
+        if current is not None and current.model_id != self.model.model_id:
+            self.rollout, self.challenger_share = current, current.share
+            challenger = registry.get(self.conn, self.spec.name, model_id=current.model_id)
+        else:
+            if not outputs.shadow and outputs.challenger_share == 0:
+                return None
+            challenger = registry.challenger(self.conn, self.spec.name)
+            if challenger is None or challenger.model_id == self.model.model_id:
+                log.warning("job %s asks for a challenger but has none; scoring with the champion only", job)
+                return None
+            self.challenger_share = outputs.challenger_share
         self._check_model(challenger)
         return challenger
 
@@ -219,7 +231,7 @@ class ScoringRun:
         if self.challenger is None:
             return None
         outputs = self.spec.outputs
-        modes = [m for m, on in (("shadow", outputs.shadow), ("ab", outputs.challenger_share > 0)) if on]
+        modes = [m for m, on in (("shadow", outputs.shadow), ("ab", self.challenger_share > 0)) if on]
         return "+".join(modes)
 
     def _abandon(self, run_id: int) -> None:
@@ -248,7 +260,7 @@ class ScoringRun:
             threshold=self.spec.outputs.threshold,
             challenger=self.challenger,
             shadow_table=self.shadow_table,
-            challenger_share=self.spec.outputs.challenger_share if self.challenger else 0.0,
+            challenger_share=self.challenger_share if self.challenger else 0.0,
             numeric_block=self.numeric_block,
             reasons=self.spec.outputs.reasons,
         )

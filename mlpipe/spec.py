@@ -155,6 +155,56 @@ class ModelSpec(_Strict):
     promotion: Promotion = Promotion()
 
 
+class RolloutGuard(_Strict):
+    """Leading signals checked on every day of a step, before outcomes mature: any one crossed rolls back."""
+
+    max_estimated_loss: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Largest fall of the challenger arm's estimated AUC below the champion arm's.",
+    )
+    max_score_psi: float = Field(
+        default=0.25, ge=0, description="Largest PSI of the challenger arm's scores against its test scores."
+    )
+    max_quarantine_rate: float = Field(default=0.01, ge=0, le=1, description="Of a step day's population.")
+
+
+class Rollout(_Strict):
+    """A challenger's progressive rollout: a growing share of entities, decided by production outcomes."""
+
+    steps: list[float] = Field(
+        default=[0.05, 0.25, 0.5, 1.0],
+        min_length=1,
+        description="Shares of entities, increasing, in (0, 1]; passing the last step below 1 (or "
+        "reaching 1) makes the challenger the champion.",
+    )
+    bake_days: int = Field(default=7, ge=1, description="Scored days a step must have before it may advance.")
+    min_matured_outcomes: int = Field(
+        default=1000, ge=1, description="Matured outcome rows each arm needs over the step's days."
+    )
+    max_metric_loss: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Non-inferiority margin of ROC AUC (the monitor's interval): the lower 95% bound of "
+        "challenger minus champion must stay above -max_metric_loss.",
+    )
+    guard: RolloutGuard = RolloutGuard()
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[float]) -> list[float]:
+        outside = [s for s in steps if not 0 < s <= 1]
+        if outside:
+            raise ValueError(f"steps {steps}: {outside[0]} is outside (0, 1]; use shares such as 0.05 or 1.0")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"steps {steps} must increase strictly, e.g. [0.05, 0.25, 0.5, 1.0]")
+        if steps[0] >= 1:
+            raise ValueError(f"steps {steps} start at 100%: begin with a share below 1, e.g. 0.05")
+        return steps
+
+
 class Outputs(_Strict):
     threshold: float = Field(default=0.5, ge=0, le=1, description="decision = score >= threshold")
     history_days: int = Field(default=400, ge=1)
@@ -178,6 +228,9 @@ class Outputs(_Strict):
         ge=0,
         le=10,
         description="Top features behind each score, written to the reasons column (0: off).",
+    )
+    rollout: Rollout | None = Field(
+        default=None, description="How `mlpipe models rollout start` rolls a challenger out (none: none)."
     )
 
 

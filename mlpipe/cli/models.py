@@ -225,3 +225,93 @@ def _diff_rows(left: dict, right: dict) -> list[tuple]:
 
 def _operator() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()} (mlpipe cli)"
+
+
+rollout_app = typer.Typer(help="Progressive rollout of a challenger: start, status, pause, resume, abort.")
+models_app.add_typer(rollout_app, name="rollout")
+
+
+@rollout_app.command("start")
+def rollout_start(version: VersionArgument, reason: ReasonOption, job: JobOption = "churn") -> None:
+    """Roll a version out by the job's outputs.rollout steps; the next scoring run gives it step 1."""
+    from mlpipe import rollout
+
+    _, url, spec = prepare(job)
+    with db.connection(url, autocommit=True) as conn:
+        started = rollout.start(conn, spec, version, reason, _operator())
+    console.print(
+        f"rollout {started.rollout_id} of {version} for {spec.name} started at {started.where}; "
+        "each day's monitor advances it, promotes it or rolls it back"
+    )
+
+
+@rollout_app.command("status")
+def rollout_status(job: JobOption = "churn", as_json: JsonOption = False) -> None:
+    """The job's newest rollout: its step, share, days at the step and the last check's figures."""
+    from mlpipe import rollout
+
+    _, url, spec = prepare(job)
+    with db.connection(url, autocommit=True) as conn:
+        info = rollout.status(conn, spec.name)
+    if as_json:
+        print_json(info)
+        return
+    if info is None:
+        console.print(f"job {spec.name} has had no rollout")
+        return
+    check = info["last_check"] or {}
+    facts = Table(title=f"rollout {info['rollout_id']} of {spec.name}", show_header=False)
+    for label, value in (
+        ("challenger", info["challenger"]),
+        ("champion at start", info["champion_at_start"]),
+        ("status", info["status"]),
+        ("step", f"{info['step']} of {len(info['steps'])}: {_steps(info['steps'])}"),
+        ("challenger share now", f"{info['share']:.0%}"),
+        ("days at this step", f"{info['days_at_step']} (from {info['first_day_at_step'] or '-'})"),
+        ("started", f"{info['started_at']:%Y-%m-%d %H:%M} by {info['started_by']}: {info['reason']}"),
+        ("last check", f"{info['checked_as_of'] or '-'}: {check.get('verdict', '-')}"),
+        ("why", "; ".join(check.get("reasons", [])) or "-"),
+        ("last change", _last_change(info["last_change"])),
+    ):
+        facts.add_row(label, str(value))
+    console.print(facts)
+
+
+def _change(action: str, job: str, reason: str) -> None:
+    from mlpipe import rollout
+
+    _, url, spec = prepare(job)
+    with db.connection(url, autocommit=True) as conn:
+        changed = getattr(rollout, action)(conn, spec.name, reason, _operator())
+    console.print(
+        f"rollout {changed.rollout_id} of {spec.name} is {changed.status} at {changed.where}; "
+        f"challenger share now {changed.share:.0%}"
+    )
+
+
+@rollout_app.command("pause")
+def rollout_pause(job: JobOption = "churn", reason: ReasonOption = "paused by an operator") -> None:
+    """Hold the rollout at its step: the challenger keeps its share, nothing advances."""
+    _change("pause", job, reason)
+
+
+@rollout_app.command("resume")
+def rollout_resume(job: JobOption = "churn", reason: ReasonOption = "resumed by an operator") -> None:
+    """Let a paused rollout advance again after the next monitor."""
+    _change("resume", job, reason)
+
+
+@rollout_app.command("abort")
+def rollout_abort(reason: ReasonOption, job: JobOption = "churn") -> None:
+    """End the rollout now: the challenger's share drops to 0 and the champion keeps everything."""
+    _change("abort", job, reason)
+
+
+def _steps(steps: list[float]) -> str:
+    return " -> ".join(f"{share:.0%}" for share in steps)
+
+
+def _last_change(change: dict | None) -> str:
+    if change is None:
+        return "-"
+    return f"{change['changed_at']:%Y-%m-%d %H:%M} by {change['changed_by']}: {change['reason']}"
