@@ -122,6 +122,8 @@ class TopUp(ScoringRun):
         )
         self.population, self.chunks = plan_chunks(conn, spec, self.moment, self.settings.chunk_rows, keys)
         self.timings["plan_s"] = round(time.monotonic() - planned, 3)
+        if self.population == 0:
+            self.chunks = []  # nothing to score: finish records that and drops the tables
         plan = [[c.chunk_no, c.key_lo, c.key_hi, c.is_last] for c in self.chunks]
         runs.record_plan(conn, self.run_id, self.population, plan)
         log.info(
