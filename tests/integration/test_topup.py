@@ -13,6 +13,9 @@ from psycopg import sql
 
 from flows.score import score_flow
 from mlpipe.db import connection
+from mlpipe.monitor import key_figures
+from mlpipe.settings import Settings
+from mlpipe.spec import load_job
 from tests.fixtures.processes import DONE_ALL, killed_at_the_end, start_cli, wait_for
 from tests.helpers import TODAY, history_days, published, run_cli, score
 
@@ -41,6 +44,8 @@ def test_topup_adds_new_entities_to_the_live_day_and_a_second_does_nothing(conn)
     day = score("churn", TODAY)
     before = published(conn)
     new = new_customers(conn, 7)
+    spec = load_job("churn", Settings())
+    assert key_figures(conn, spec, TODAY)["entities_without_row"] == 7  # what the monitor reports
 
     topup = score_flow(job="churn", new_only=True)
 
@@ -66,6 +71,7 @@ def test_topup_adds_new_entities_to_the_live_day_and_a_second_does_nothing(conn)
     assert again["population"] == 0 and again["timings"]["rows_inserted"] == 0
     assert published(conn) == after
     assert history_days(conn)[TODAY] == len(after)
+    assert key_figures(conn, spec, TODAY)["entities_without_row"] == 0
 
 
 def test_readers_never_wait_for_a_topup(db_url, conn):
