@@ -40,24 +40,27 @@ def shadow_name(spec: JobSpec) -> str:
 
 
 # One row for any key: the published row first, else the entity's segment's rate, else the base rate.
-# A UNION ALL under ORDER BY rank LIMIT 1: one index lookup and a scan of a few rows, inlined by the
-# planner (plain SQL, stable, not security definer), so it costs what a lookup through the view costs.
+# UNION ALL under LIMIT 1: Append runs its branches in order (the function is parallel unsafe, so the
+# plan is never a parallel append), so a scored key costs one index lookup and the fallback branch is
+# not even started; an unknown key adds a scan of a few rows. The planner inlines the function (plain
+# SQL, stable, not security definer): it costs what a lookup through the view costs.
 _BODY = """
-select entity_id, score, decision, percentile, model_version, as_of, run_id, reasons, source
-from (
+(
     select published.entity_id, published.score, published.decision, published.percentile,
            published.model_version, published.as_of, published.run_id, published.reasons,
-           'model'::text as source, 0 as rank
+           'model'::text as source
     from {view} as published
     where published.entity_id = $1
-    union all
+)
+union all
+(
     select $1, fallback.score, fallback.decision, fallback.percentile, fallback.model_version,
-           fallback.as_of, null::bigint, null::jsonb, 'fallback'::text,
-           case when fallback.segment is null then 2 else 1 end
+           fallback.as_of, null::bigint, null::jsonb, 'fallback'::text
     from {fallback} as fallback
     where fallback.segment is null or fallback.segment = $2
-) as answer
-order by rank
+    order by fallback.segment is null
+    limit 1
+)
 limit 1
 """
 
@@ -108,7 +111,7 @@ def ensure_function(conn: psycopg.Connection, spec: JobSpec) -> None:
             "create function {function}(key {key_type}, segment text default null) "
             "returns table (entity_id {key_type}, score double precision, decision boolean, "
             "percentile real, model_version text, as_of date, run_id bigint, reasons jsonb, source text) "
-            "language sql stable as {body}"
+            "language sql stable parallel unsafe as {body}"
         ).format(function=function, key_type=key_type, body=sql.Literal(body.as_string(conn)))
     )
     arguments = sql.SQL("{}({}, text)").format(function, key_type)
