@@ -1,4 +1,5 @@
-"""Read-path benchmark: lookups by key through predictions.<job> and a plain table, and the longest
+"""Read-path benchmark: lookups by key through predictions.<job>, predictions.<job>_for (a scored key,
+and an unknown one answered by the fallback) and a plain table, and the longest
 reader stall while a day is published, with and without a long-running reader transaction.
 
     python bench/lookup.py --entities 1000000
@@ -59,39 +60,43 @@ def publish_day(conn, spec, day: date, run_id: int, table: str, settings) -> Non
     )
 
 
-def latencies(conn, query: str, keys: np.ndarray, count: int) -> np.ndarray:
-    picks = np.random.default_rng(1).choice(keys, count)
-    out = np.empty(count)
+def interleaved(conn, queries: list[str], keys: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """Latencies of several prepared lookups taken in turn (query i reads keys[i]), so that the noise
+    of a shared machine falls on all of them alike."""
+    picks = np.random.default_rng(1).integers(0, len(keys[0]), count)
+    out = [np.empty(count) for _ in queries]
     with conn.cursor() as cur:
-        for i, key in enumerate(picks.tolist()):
-            started = time.perf_counter_ns()
-            cur.execute(query, [key], prepare=True)
-            cur.fetchone()
-            out[i] = (time.perf_counter_ns() - started) / 1e6
+        for i, pick in enumerate(picks.tolist()):
+            for q in np.random.default_rng(i).permutation(len(queries)).tolist():
+                started = time.perf_counter_ns()
+                cur.execute(queries[q], [int(keys[q][pick])], prepare=True)
+                cur.fetchone()
+                out[q][i] = (time.perf_counter_ns() - started) / 1e6
     return out
 
 
 class Reader(threading.Thread):
     """Looks keys up through the view without pause; keeps the slowest lookup."""
 
-    def __init__(self, url: str, keys: np.ndarray) -> None:
+    def __init__(self, url: str, keys: np.ndarray, job: str = "churn") -> None:
         super().__init__(daemon=True)
         from mlpipe.db import connect
 
         self.conn = connect(url, autocommit=True)
         self.keys, self.stop, self.slowest = keys, threading.Event(), 0.0
+        self.query = sql.SQL("select score from {} where entity_id = %s").format(
+            sql.Identifier("predictions", job)
+        )
+        self.lookups = 0
 
     def run(self) -> None:
         rng = np.random.default_rng(2)
         with self.conn.cursor() as cur:
             while not self.stop.is_set():
                 started = time.perf_counter()
-                cur.execute(
-                    "select score from predictions.churn where entity_id = %s",
-                    [int(rng.choice(self.keys))],
-                    prepare=True,
-                )
+                cur.execute(self.query, [int(rng.choice(self.keys))], prepare=True)
                 cur.fetchone()
+                self.lookups += 1
                 self.slowest = max(self.slowest, (time.perf_counter() - started) * 1000)
 
 
@@ -159,8 +164,23 @@ def main() -> None:
     conn.execute("alter table mlpipe_data.bench_plain add primary key (entity_id)")
     conn.execute("analyze mlpipe_data.bench_plain")
 
-    view = latencies(conn, "select * from predictions.churn where entity_id = %s", keys, args.lookups)
-    table = latencies(conn, "select * from mlpipe_data.bench_plain where entity_id = %s", keys, args.lookups)
+    # predictions.churn_for needs fallback rows; a bench run has no registered model: one base rate.
+    conn.execute(
+        """insert into predictions.churn_fallback (segment, score, decision, percentile, model_version, as_of)
+           values (null, 0.2, false, 20, 'bench-v1:base_rate', %s)""",
+        [today - timedelta(days=2)],
+    )
+    view, fn, fn_unknown, table = interleaved(
+        conn,
+        [
+            "select * from predictions.churn where entity_id = %s",
+            "select * from predictions.churn_for(%s)",
+            "select * from predictions.churn_for(%s)",
+            "select * from mlpipe_data.bench_plain where entity_id = %s",
+        ],
+        [keys, keys, keys + len(keys), keys],  # the third: keys never scored, answered by the fallback
+        args.lookups,
+    )
     # Each publish is the next day, as in daily operation: the view moves from one day to the next.
     stall = stall_during_publish(url, conn, spec, keys, today - timedelta(days=1), settings)
     stall_long = stall_during_publish(
@@ -168,8 +188,16 @@ def main() -> None:
     )
 
     print(f"\n{'path':<22}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, values in (("predictions.churn", view), ("plain table", table)):
+    paths = (
+        ("predictions.churn", view),
+        ("churn_for (scored)", fn),
+        ("churn_for (fallback)", fn_unknown),
+        ("plain table", table),
+    )
+    for name, values in paths:
         print(f"{name:<22}{np.percentile(values, 50):>10.3f}{np.percentile(values, 99):>10.3f}")
+    ratio = float(np.percentile(fn, 99) / np.percentile(view, 99))
+    print(f"churn_for p99 / view p99: {ratio:.3f} (target <= 1.1)")
     print(
         f"longest reader stall during publish: {stall:.1f} ms; with a {args.long_reader_s:g}s reader "
         f"transaction open: {stall_long:.1f} ms (lock_timeout {settings.lock_timeout_ms} ms)"
@@ -180,6 +208,11 @@ def main() -> None:
                 "entities": args.entities,
                 "view_p50_ms": round(float(np.percentile(view, 50)), 4),
                 "view_p99_ms": round(float(np.percentile(view, 99)), 4),
+                "for_p50_ms": round(float(np.percentile(fn, 50)), 4),
+                "for_p99_ms": round(float(np.percentile(fn, 99)), 4),
+                "for_fallback_p50_ms": round(float(np.percentile(fn_unknown, 50)), 4),
+                "for_fallback_p99_ms": round(float(np.percentile(fn_unknown, 99)), 4),
+                "for_over_view_p99": round(ratio, 3),
                 "table_p50_ms": round(float(np.percentile(table, 50)), 4),
                 "table_p99_ms": round(float(np.percentile(table, 99)), 4),
                 "publish_max_stall_ms": round(stall, 2),

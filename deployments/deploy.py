@@ -29,6 +29,7 @@ from mlpipe import prefect_api
 
 TRAIN_CRON = "0 3 1 * *"  # 03:00 UTC on the 1st of each month
 SCORE_CRON = "0 5 * * *"  # 05:00 UTC every day, after the nightly loads
+TOPUP_CRON = "30 * * * *"  # every hour at :30 UTC: the entities that appeared since the day's run
 
 
 # Runs load the flows by module (`flows.score.score_flow`, installed with mlpipe), not by file: a flow
@@ -38,7 +39,8 @@ BY_MODULE = EntrypointType.MODULE_PATH
 
 
 def build_deployments(job: str = "churn") -> list[RunnerDeployment]:
-    """The deployments of one job: `<job>-monthly` training and `<job>-daily` scoring."""
+    """The deployments of one job: `<job>-monthly` training, `<job>-daily` scoring and the
+    `<job>-topup` of new entities every hour."""
     return [
         train_flow.to_deployment(
             name=f"{job}-monthly",
@@ -55,6 +57,15 @@ def build_deployments(job: str = "churn") -> list[RunnerDeployment]:
             description=f"Score the whole {job} population daily, publish it, then monitor drift and "
             "performance (a crossed fail threshold fails the run).",
             tags=["mlpipe", job, "score"],
+            entrypoint_type=BY_MODULE,
+        ),
+        score_flow.to_deployment(
+            name=f"{job}-topup",
+            parameters={"job": job, "new_only": True},
+            schedule=Cron(TOPUP_CRON, timezone="UTC"),
+            description=f"Every hour, score the {job} entities the live day lacks (new since its run) "
+            "and insert them into that day.",
+            tags=["mlpipe", job],
             entrypoint_type=BY_MODULE,
         ),
     ]

@@ -22,6 +22,7 @@ from mlpipe.extract import Chunk
 from mlpipe.score import ScoringRun
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
+from mlpipe.topup import TopUp
 
 
 def _is_io_error(task, task_run, state) -> bool:
@@ -63,33 +64,43 @@ def task_runner_for(settings: Settings) -> TaskRunner:
 # follow the settings of the process that runs the flow, so they go through `task_runner_for` below.
 @flow(name="mlpipe-score", flow_run_name=flow_runs.score_run_name)
 def score_flow(
-    job: str = "churn", as_of: date | None = None, model_version: str | None = None, monitor: bool = False
+    job: str = "churn",
+    as_of: date | None = None,
+    model_version: str | None = None,
+    monitor: bool = False,
+    new_only: bool = False,
 ) -> dict:
     """Score the job's whole population as of `as_of` (default today) and publish it; with `monitor`,
-    then bring its drift and performance up to date (the daily deployment does)."""
-    flow_runs.tag_run("score", job)
+    then bring its drift and performance up to date (the daily deployment does). With `new_only`, a
+    top-up: only the entities of the population as of now that the live day lacks, inserted into it."""
+    flow_runs.tag_run("topup" if new_only else "score", job)
     with flow_runs.run_logs("score", job):
-        return _score(job, as_of or date.today(), model_version, monitor)
+        return _score(job, as_of, model_version, monitor, new_only)
 
 
-def _score(job: str, day: date, model_version: str | None, monitor: bool) -> dict:
+def _score(job: str, as_of: date | None, model_version: str | None, monitor: bool, new_only: bool) -> dict:
     settings = Settings()
     spec = load_job(job, settings)
+    day = as_of or date.today()
     url = database_url(settings)
     run = None
     try:
         with (
-            ScoringRun.begin(url, settings, spec, day, model_version) as run,
+            TopUp.begin(url, settings, spec, as_of, model_version)
+            if new_only
+            else ScoringRun.begin(url, settings, spec, day, model_version) as run,
             task_runner_for(settings) as runner,
         ):
             flow_runs.record_flow_run(run.conn, run.run_id)
             futures = runner.map(score_chunk_task, {"ctx": unmapped(run.context), "chunk": run.chunks})
             summary = run.finish([future.result() for future in futures]).as_dict()
     except BaseException:
-        metrics.record_failure(settings, spec.name, "score")
+        metrics.record_failure(settings, spec.name, "topup" if new_only else "score")
         if run is not None and run.run_id is not None:
             flow_runs.report_failed_run(url, job, run.run_id)
         raise
+    if new_only:  # a top-up's success must not stand in for the daily run's in the alerts
+        return summary
     metrics.record_score(settings, summary)
     with connection(url, autocommit=True) as conn:
         flow_runs.score_report(conn, job, summary["run_id"])

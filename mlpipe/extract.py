@@ -101,8 +101,9 @@ def _allowed_oids(kind: str) -> set[int]:
     return _KEY_TYPES[kind][0] if kind in _KEY_TYPES else _PG_TYPES[kind]
 
 
-def features_query(spec: JobSpec, chunk: Chunk | None = None) -> sql.Composed:
-    """The job's features SQL, restricted to one chunk's key range."""
+def features_query(spec: JobSpec, chunk: Chunk | None = None, keys_table: str | None = None) -> sql.Composed:
+    """The job's features SQL, restricted to one chunk's key range (and to the keys listed in
+    `keys_table`, a table of entity_id in the data schema: a top-up's new entities)."""
     source = sql.SQL(spec.sql("features"))  # the job's own SQL file, trusted like code
     key = sql.SQL("source.{}").format(sql.Identifier(spec.entity.key))
     conditions = []
@@ -110,10 +111,14 @@ def features_query(spec: JobSpec, chunk: Chunk | None = None) -> sql.Composed:
         conditions.append(sql.SQL("{} >= %(key_lo)s").format(key))
     if chunk is not None and chunk.key_hi is not None:
         conditions.append(sql.SQL("{} < %(key_hi)s").format(key))
+    if keys_table is not None:
+        conditions.append(
+            sql.SQL("{} in (select entity_id from {})").format(key, sql.Identifier("mlpipe_data", keys_table))
+        )
     if not conditions:
         return sql.SQL("select * from ({}) as source").format(source)
     in_range = sql.SQL(" and ").join(conditions)
-    if chunk.is_last:
+    if chunk is not None and chunk.is_last and keys_table is None:
         in_range = sql.SQL("({}) or {} is null").format(in_range, key)
     return sql.SQL("select * from ({}) as source where {}").format(source, in_range)
 
@@ -139,6 +144,7 @@ def read_features(
     as_of: date,
     chunk: Chunk | None = None,
     numeric_block: bool = False,
+    keys_table: str | None = None,
 ) -> pd.DataFrame:
     """Raw feature rows as of `as_of` for one chunk (or everything): as one binary numeric block
     when the source allows and has no NULLs in this chunk, else streamed out with COPY as CSV and
@@ -146,7 +152,11 @@ def read_features(
     if numeric_block:
         try:
             block = read_numeric_block(
-                conn, features_query(spec, chunk), _params(as_of, chunk), spec.entity.key, list(spec.features)
+                conn,
+                features_query(spec, chunk, keys_table),
+                _params(as_of, chunk),
+                spec.entity.key,
+                list(spec.features),
             )
         except psycopg.OperationalError:
             raise
@@ -158,7 +168,9 @@ def read_features(
             frame.insert(0, spec.entity.key, keys)
             return frame
     try:
-        table = copy_out(conn, features_query(spec, chunk), _params(as_of, chunk), source_types(spec))
+        table = copy_out(
+            conn, features_query(spec, chunk, keys_table), _params(as_of, chunk), source_types(spec)
+        )
     except psycopg.OperationalError:
         raise  # the connection, not the SQL: the chunk task retries it
     except (psycopg.Error, pa.ArrowInvalid) as exc:
@@ -171,10 +183,15 @@ def read_features(
 
 
 def plan_chunks(
-    conn: psycopg.Connection, spec: JobSpec, as_of: date, chunk_rows: int
+    conn: psycopg.Connection,
+    spec: JobSpec,
+    as_of: date,
+    chunk_rows: int,
+    population: sql.Composable | None = None,
 ) -> tuple[int, list[Chunk]]:
-    """Count the population as of `as_of` and cut its keys into ranges of about chunk_rows."""
-    population = sql.SQL(spec.sql("population"))
+    """Count the population as of `as_of` (the job's, or the keys `population` selects) and cut its
+    keys into ranges of about chunk_rows."""
+    population = population or sql.SQL(spec.sql("population"))
     key = sql.Identifier(spec.entity.key)
     try:
         count = conn.execute(

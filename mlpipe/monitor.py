@@ -371,4 +371,29 @@ def key_figures(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> dict:
         [spec.name, as_of],
     ).fetchone()
     figures["estimated_roc_auc"] = estimated and estimated[0]
+    figures["entities_without_row"] = entities_without_row(conn, spec, as_of)
     return figures
+
+
+def entities_without_row(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> int | None:
+    """Entities of the population (as of now for today, else as of that day) that the newest published
+    day up to then has no row for: new since its run, or quarantined; predictions.<job>_for answers
+    them with a fallback, and a top-up (`mlpipe score --new-only`) scores the new ones."""
+    day = conn.execute(
+        """select table_name, (%(as_of)s = current_date) from mlpipe.partitions
+           where job = %(job)s and kind = 'published' and as_of <= %(as_of)s order by as_of desc limit 1""",
+        {"job": spec.name, "as_of": as_of},
+    ).fetchone()
+    if day is None:
+        return None
+    table, today = day
+    key = sql.Identifier(spec.entity.key)
+    return conn.execute(
+        sql.SQL(
+            "select count(*) from ({population}) as population where population.{key} is not null "
+            "and not exists (select from {day} as day where day.entity_id = population.{key})"
+        ).format(
+            population=sql.SQL(spec.sql("population")), key=key, day=sql.Identifier("mlpipe_data", table)
+        ),
+        {"as_of": conn.execute("select now()").fetchone()[0] if today else as_of},
+    ).fetchone()[0]

@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 import psycopg
 from psycopg import errors, sql
 
-from mlpipe import runs
+from mlpipe import fallback, runs
 from mlpipe.errors import PublishTimeoutError, UsageError
 from mlpipe.spec import JobSpec
 
@@ -39,6 +39,112 @@ def shadow_name(spec: JobSpec) -> str:
     return f"{spec.name}_shadow"
 
 
+# One row for any key: the published row first, else the entity's segment's rate, else the base rate.
+# UNION ALL under LIMIT 1: Append runs its branches in order (the function is parallel unsafe, so the
+# plan is never a parallel append), so a scored key costs one index lookup and the fallback branch is
+# not even started; an unknown key adds a scan of a few rows. The planner inlines the function (plain
+# SQL, stable, not security definer): it costs what a lookup through the view costs.
+_BODY = """
+(
+    select published.entity_id, published.score, published.decision, published.percentile,
+           published.model_version, published.as_of, published.run_id, published.reasons,
+           'model'::text as source
+    from {view} as published
+    where published.entity_id = $1
+)
+union all
+(
+    select $1, fallback.score, fallback.decision, fallback.percentile, fallback.model_version,
+           fallback.as_of, null::bigint, null::jsonb, 'fallback'::text
+    from {fallback} as fallback
+    where fallback.segment is null or fallback.segment = $2
+    order by fallback.segment is null
+    limit 1
+)
+limit 1
+"""
+
+
+def fallback_name(spec: JobSpec) -> str:
+    return f"{spec.name}_fallback"
+
+
+def function_name(spec: JobSpec) -> str:
+    """predictions.<job>_for: one row for any key (the published one, or a fallback)."""
+    return f"{spec.name}_for"
+
+
+def _ensure_fallback_table(conn: psycopg.Connection, spec: JobSpec) -> None:
+    """predictions.<job>_fallback, the writer's, readable by readers (the function reads it as them)."""
+    table = sql.Identifier(PUBLIC_SCHEMA, fallback_name(spec))
+    if conn.execute("select to_regclass(%s)", [table.as_string(conn)]).fetchone()[0] is not None:
+        return
+    conn.execute(
+        sql.SQL(
+            "create table if not exists {} (segment text, score double precision not null, "
+            "decision boolean not null, percentile real not null, model_version text not null, "
+            "as_of date not null, n bigint)"
+        ).format(table)
+    )
+    _hand_to_writer(conn, "table", table)
+    conn.execute(sql.SQL("grant select on {} to {}").format(table, sql.Identifier(READER_ROLE)))
+
+
+def ensure_function(conn: psycopg.Connection, spec: JobSpec) -> None:
+    """Create predictions.<job>_for(key, segment) once the view exists: EXECUTE for readers only."""
+    key_type = _KEY_SQL_TYPES[spec.entity.type]
+    signature = (
+        sql.SQL("{}({}, text)")
+        .format(sql.Identifier(PUBLIC_SCHEMA, function_name(spec)), key_type)
+        .as_string(conn)
+    )
+    view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
+    found = conn.execute(
+        "select to_regprocedure(%s), to_regclass(%s)", [signature, view.as_string(conn)]
+    ).fetchone()
+    if found[0] is not None or found[1] is None:
+        return
+    function = sql.Identifier(PUBLIC_SCHEMA, function_name(spec))
+    body = sql.SQL(_BODY).format(view=view, fallback=sql.Identifier(PUBLIC_SCHEMA, fallback_name(spec)))
+    conn.execute(
+        sql.SQL(
+            "create function {function}(key {key_type}, segment text default null) "
+            "returns table (entity_id {key_type}, score double precision, decision boolean, "
+            "percentile real, model_version text, as_of date, run_id bigint, reasons jsonb, source text) "
+            "language sql stable parallel unsafe as {body}"
+        ).format(function=function, key_type=key_type, body=sql.Literal(body.as_string(conn)))
+    )
+    arguments = sql.SQL("{}({}, text)").format(function, key_type)
+    conn.execute(sql.SQL("alter function {} owner to {}").format(arguments, sql.Identifier(WRITER_ROLE)))
+    # Functions are executable by PUBLIC by default: only readers (and analysts, their members) may.
+    conn.execute(sql.SQL("revoke all on function {} from public").format(arguments))
+    conn.execute(sql.SQL("grant execute on function {} to {}").format(arguments, sql.Identifier(READER_ROLE)))
+
+
+def _refresh_fallback(conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int) -> None:
+    """Inside the transaction that moves the view: the live run's model's rates as the fallback rows."""
+    # Two transactions moving one job's view would both replace the rows: one at a time.
+    conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"mlpipe.fallback:{spec.name}"])
+    table = sql.Identifier(PUBLIC_SCHEMA, fallback_name(spec))
+    model = conn.execute(
+        """select m.model_version, m.reference - 'explainer' - 'histograms' from mlpipe.runs r
+           join mlpipe.models m using (model_id) where r.run_id = %s""",
+        [run_id],
+    ).fetchone()
+    conn.execute(sql.SQL("delete from {}").format(table))
+    if model is None:  # a run with no registered model (benchmarks): no fallback to offer
+        log.warning("run %s of %s has no registered model: no fallback rows", run_id, spec.name)
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            sql.SQL(
+                "insert into {} (segment, score, decision, percentile, model_version, as_of, n) "
+                "values (%s, %s, %s, %s, %s, %s, %s)"
+            ).format(table),
+            fallback.answer_rows(spec, model[0], model[1], as_of),
+        )
+
+
 def run_table_name(spec: JobSpec, run_id: int, kind: Kind = "published") -> str:
     return f"{spec.name}_{'r' if kind == 'published' else 's'}{run_id}"
 
@@ -52,8 +158,9 @@ def _columns(spec: JobSpec) -> sql.Composed:
 
 
 def ensure_job_tables(conn: psycopg.Connection, spec: JobSpec) -> None:
-    """predictions.<job>_history (readers may select it) and, when the job shadows a challenger,
-    predictions.<job>_shadow (analysts only: frontends never read a challenger)."""
+    """predictions.<job>_history (readers may select it), <job>_fallback and <job>_for (readers), and,
+    when the job shadows a challenger, predictions.<job>_shadow (analysts only: frontends never read
+    a challenger)."""
     tables = [(history_name(spec), READER_ROLE)]
     if spec.outputs.shadow:
         tables.append((shadow_name(spec), ANALYST_ROLE))
@@ -71,6 +178,8 @@ def ensure_job_tables(conn: psycopg.Connection, spec: JobSpec) -> None:
         if role == ANALYST_ROLE:  # default privileges granted it to readers too: take that back
             conn.execute(sql.SQL("revoke all on {} from {}").format(table, sql.Identifier(READER_ROLE)))
         conn.execute(sql.SQL("grant select on {} to {}").format(table, sql.Identifier(role)))
+    _ensure_fallback_table(conn, spec)
+    ensure_function(conn, spec)  # a job published before the function existed gets it now
 
 
 def _hand_to_writer(conn: psycopg.Connection, kind: Literal["table", "view"], name: sql.Identifier) -> None:
@@ -207,6 +316,52 @@ def publish(
     return _retrying(conn, f"publish {spec.name} for {as_of}", lock_timeout_ms, attempts, swap)
 
 
+def insert_into_day(
+    conn: psycopg.Connection,
+    spec: JobSpec,
+    as_of: date,
+    run_id: int,
+    table: str,
+    *,
+    lock_timeout_ms: int,
+    attempts: int,
+    drop: tuple[str, ...] = (),
+) -> int:
+    """A top-up: the run's rows into the day's published partition in one transaction, rows only (no
+    DDL on anything readers touch: they never wait); then its own tables (`drop`) go. Returns the
+    rows inserted; an entity the day has by then keeps its row."""
+    names = ("entity_id", "score", "decision", "percentile", "model_version", "as_of", "run_id", "reasons")
+    columns = sql.SQL(", ").join(map(sql.Identifier, names))
+
+    def insert() -> int:
+        row = conn.execute(
+            """select table_name from mlpipe.partitions where job = %s and kind = 'published' and as_of = %s
+               for share""",
+            [spec.name, as_of],
+        ).fetchone()
+        if row is None:
+            raise UsageError(
+                f"the {as_of} day of {spec.name} is no longer in history; nothing was inserted: "
+                f"top up again (`mlpipe score --job {spec.name} --new-only`)"
+            )
+        inserted = conn.execute(
+            sql.SQL(
+                "insert into {day} ({columns}) select {columns} from {run} "
+                "on conflict (entity_id, as_of) do nothing"
+            ).format(
+                day=sql.Identifier(DATA_SCHEMA, row[0]),
+                columns=columns,
+                run=sql.Identifier(DATA_SCHEMA, table),
+            )
+        ).rowcount
+        runs.mark_published(conn, run_id)
+        for name in (table, *drop):
+            drop_run_table(conn, name)
+        return inserted
+
+    return _retrying(conn, f"top up {spec.name} for {as_of}", lock_timeout_ms, attempts, insert)
+
+
 def _attach(
     conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str, kind: Kind
 ) -> str | None:
@@ -241,6 +396,7 @@ def _attach(
 def _point_view(
     conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str, reason: str
 ) -> None:
+    _refresh_fallback(conn, spec, as_of, run_id)  # rows only: readers of the function never wait
     view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
     conn.execute(
         sql.SQL(
@@ -250,6 +406,7 @@ def _point_view(
     )
     _hand_to_writer(conn, "view", view)  # the replace holds the view's lock already; same owner: no-op
     conn.execute(sql.SQL("grant select on {} to {}").format(view, sql.Identifier(READER_ROLE)))
+    ensure_function(conn, spec)  # the first publish: its body needs the view
     conn.execute(
         """insert into mlpipe.live_views (job, as_of, run_id, reason) values (%s, %s, %s, %s)
            on conflict (job) do update set as_of = excluded.as_of, run_id = excluded.run_id,

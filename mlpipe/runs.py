@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Literal
 
 import psycopg
@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from mlpipe.errors import RunLockedError
 
-Kind = Literal["score", "train", "monitor"]
+Kind = Literal["score", "train", "monitor", "topup"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,11 @@ def record_plan(conn: psycopg.Connection, run_id: int, population: int, plan: li
         "update mlpipe.runs set population = %s, chunks = %s, plan = %s where run_id = %s",
         [population, len(plan), Jsonb(plan), run_id],
     )
+
+
+def record_source_as_of(conn: psycopg.Connection, run_id: int, moment: datetime) -> None:
+    """A top-up: the moment its population and features were read as of (its rows keep the day)."""
+    conn.execute("update mlpipe.runs set source_as_of = %s where run_id = %s", [moment, run_id])
 
 
 def record_counts(conn: psycopg.Connection, run_id: int, scored: int, quarantined: int) -> None:

@@ -298,31 +298,14 @@ class ScoringRun:
         raise AssertionError("unreachable")
 
     def _finish(self, results: list[ChunkResult]) -> RunSummary:
-        scored = sum(r.rows_scored for r in results)
-        quarantined = sum(r.rows_quarantined for r in results)
-        runs.record_counts(self.conn, self.run_id, scored, quarantined)
-        histogram = np.sum([r.histogram for r in results], axis=0).tolist() if results else []
-        inputs = functools.reduce(drift.add, (r.inputs for r in results), {})
+        scored, quarantined, histogram, inputs = self._tally(results)
         # The index builds in the server while the gate runs here: two cores, not one after the other.
         # If the gate fails, the indexed table is dropped with the run like any other.
-        output = validate.RunOutput(
-            self.spec,
-            self.as_of,
-            self.run_id,
-            self.table,
-            self.population,
-            results,
-            histogram,
-            inputs,
-            self.model.reference.get("histograms"),
-        )
         with ThreadPoolExecutor(max_workers=1) as pool:
             indexing = pool.submit(self._index_tables)
-            gated = time.monotonic()
             try:
-                validate.output_gate(self.conn, output)
+                self._gate(results, histogram, inputs)
             finally:
-                self.timings["gate_s"] = round(time.monotonic() - gated, 3)
                 index_error = indexing.exception()  # waits; a gate failure is the one to report
         if index_error is not None:
             raise index_error
@@ -336,6 +319,41 @@ class ScoringRun:
             attempts=self.settings.publish_retries,
         )
         self.timings["retention_dropped_days"] = len(dropped)
+        return self._record(results, scored, quarantined, histogram, inputs, moved)
+
+    def _tally(self, results: list[ChunkResult]) -> tuple[int, int, list, dict]:
+        """Rows scored and quarantined (recorded now), the score histogram and the drift counts."""
+        scored = sum(r.rows_scored for r in results)
+        quarantined = sum(r.rows_quarantined for r in results)
+        runs.record_counts(self.conn, self.run_id, scored, quarantined)
+        histogram = np.sum([r.histogram for r in results], axis=0).tolist() if results else []
+        inputs = functools.reduce(drift.add, (r.inputs for r in results), {})
+        return scored, quarantined, histogram, inputs
+
+    def _gate(self, results: list, histogram: list, inputs: dict, whole_day: bool = True) -> None:
+        """The output gate on the run's chunks (GateFailed stops the run before publish)."""
+        output = validate.RunOutput(
+            self.spec,
+            self.as_of,
+            self.run_id,
+            self.table,
+            self.population,
+            results,
+            histogram,
+            inputs,
+            self.model.reference.get("histograms"),
+            whole_day,
+        )
+        gated = time.monotonic()
+        try:
+            validate.output_gate(self.conn, output)
+        finally:
+            self.timings["gate_s"] = round(time.monotonic() - gated, 3)
+
+    def _record(
+        self, results: list, scored: int, quarantined: int, histogram: list, inputs: dict, moved: bool
+    ) -> RunSummary:
+        """Timings, the score histogram and drift counts on the run; its summary."""
         self.timings["total_s"] = round(time.monotonic() - self.started, 3)
         score_histogram = {"bins": HISTOGRAM_BINS, "range": [0, 1], "counts": histogram}
         runs.record_result(self.conn, self.run_id, self.timings, score_histogram, inputs or None)

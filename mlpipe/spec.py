@@ -205,6 +205,14 @@ class Rollout(_Strict):
         return steps
 
 
+class Fallback(_Strict):
+    segment: str | None = Field(
+        default=None,
+        description="A categorical or boolean feature: an entity not scored yet gets its segment's "
+        "training rate (the caller passes the segment to predictions.<job>_for) instead of the base rate.",
+    )
+
+
 class Outputs(_Strict):
     threshold: float = Field(default=0.5, ge=0, le=1, description="decision = score >= threshold")
     history_days: int = Field(default=400, ge=1)
@@ -232,6 +240,7 @@ class Outputs(_Strict):
     rollout: Rollout | None = Field(
         default=None, description="How `mlpipe models rollout start` rolls a challenger out (none: none)."
     )
+    fallback: Fallback = Fallback()
 
 
 class Threshold(_Strict):
@@ -300,7 +309,19 @@ class JobSpec(_Strict):
         unknown = set(self.model.behaviour.invariant) - raw
         if unknown:
             raise ValueError(f"behaviour.invariant names {sorted(unknown)}: not numeric or boolean features")
+        self._check_fallback_segment()
         return self
+
+    def _check_fallback_segment(self) -> None:
+        segment = self.outputs.fallback.segment
+        if segment is None:
+            return
+        kinds = {name: f.kind for name, f in self.features.items() if f.kind != "numeric"}
+        if segment not in kinds:
+            raise ValueError(
+                f"outputs.fallback.segment {segment!r} is not a categorical or boolean feature of the job "
+                f"(it has {', '.join(sorted(kinds)) or 'none'}): name one of those, or remove the segment"
+            )
 
     def monotone_columns(self) -> dict[str, int]:
         """Matrix column -> +1 (increasing) or -1 (decreasing), for constraints and checks."""

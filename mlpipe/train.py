@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 
 import mlpipe
-from mlpipe import artifacts, behaviour, drift, explain, registry, runs
+from mlpipe import artifacts, behaviour, drift, explain, fallback, registry, runs
 from mlpipe.candidates import calibrate, platt, search
 from mlpipe.evaluate import decide_promotion, probability_metrics, ranking_metrics
 from mlpipe.features import baseline_values, matrix_columns
@@ -206,6 +206,8 @@ def _register(
                 "histograms": reference_histograms(spec, data, columns, test_scores),
                 # How the monitor reads scores when it estimates performance before outcomes mature.
                 "recalibration": _recalibration(test_scores, data.part("test")[1]),
+                # What predictions.<job>_for answers for an entity not scored yet.
+                "fallback": fallback.training_rates(spec, data.frame, data.labels),
                 "explainer": explain.fit_for(
                     model.predict_proba,
                     data.part("train")[0],

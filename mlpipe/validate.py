@@ -280,6 +280,9 @@ class RunOutput:
     histogram: list[int]
     inputs: dict  # the run's counts in the model's drift reference bins
     reference: dict | None  # the model's drift reference bins (None: trained before they existed)
+    # False for a top-up: a few new entities are not the day's distribution (no PSI, drift or
+    # missing-share gate; counts, range and the quarantine rate still hold).
+    whole_day: bool = True
 
 
 def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
@@ -298,14 +301,16 @@ def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
         ],
         columns=["rows_in", "rows_scored", "rows_quarantined", "min_score", "max_score"],
     )
-    previous = runs.previous_score_histogram(conn, out.spec.name, out.as_of, out.run_id)
+    previous = out.whole_day and runs.previous_score_histogram(conn, out.spec.name, out.as_of, out.run_id)
     psi = population_stability(out.histogram, previous) if previous else None
-    missing = _missing_frame(out.chunks)
+    # A top-up's new entities have no history yet: their inputs are missing far more often than the
+    # population's in training, rightly; the row checks (quarantine) still apply to them.
+    missing = _missing_frame(out.chunks if out.whole_day else [])
     outputs = out.spec.outputs
     failures = check_output(
         chunks, missing, out.population, outputs.max_quarantine_rate, psi, outputs.max_score_psi
     )
-    if out.spec.monitoring.block_publish_on_drift:
+    if out.spec.monitoring.block_publish_on_drift and out.whole_day:
         failures += drift_failures(out)
     gates = {
         "passed": not failures,

@@ -275,15 +275,28 @@ def train(job: JobOption = "churn", as_of: AsOfOption = None) -> None:
 
 
 @app.command()
-def score(job: JobOption = "churn", as_of: AsOfOption = None, model: ModelOption = None) -> None:
-    """Score the whole population as of a day and publish it atomically."""
+def score(
+    job: JobOption = "churn",
+    as_of: AsOfOption = None,
+    model: ModelOption = None,
+    new_only: Annotated[
+        bool,
+        typer.Option(
+            "--new-only",
+            help="Top up the live day: score only the entities it lacks, as of now, and insert them.",
+        ),
+    ] = False,
+) -> None:
+    """Score the whole population as of a day and publish it atomically (or top up the live day)."""
     from flows.score import score_flow
 
-    day = parse_day(as_of)
+    day = None if new_only and as_of is None else parse_day(as_of)
     _, _, spec = prepare(job)
-    spec.check_as_of(day)
-    with flow_api(), status(f"scoring {spec.name} as of {day}"):
-        result = score_flow(job=_job_parameter(job, spec), as_of=day, model_version=model)
+    if day is not None:
+        spec.check_as_of(day)
+    what = f"topping up {spec.name}" if new_only else f"scoring {spec.name} as of {day}"
+    with flow_api(), status(what):
+        result = score_flow(job=_job_parameter(job, spec), as_of=day, model_version=model, new_only=new_only)
     _print_score(result)
 
 
@@ -476,6 +489,15 @@ def _print_monitor(result: dict) -> None:
 
 
 def _print_score(result: dict) -> None:
+    timings = result["timings"]
+    if "rows_inserted" in timings:  # a top-up
+        console.print(
+            f"top-up {result['run_id']}: {result['job']} for {result['as_of']} with "
+            f"{result['model_version']}: {timings['rows_inserted']:,} new entities inserted, "
+            f"{result['rows_quarantined']:,} quarantined, of {result['population']:,} the day lacked; "
+            f"{timings['total_s']:.2f}s"
+        )
+        return
     console.print(
         f"run {result['run_id']}: {result['job']} as of {result['as_of']} with {result['model_version']}: "
         f"{result['rows_scored']:,} scored, {result['rows_quarantined']:,} quarantined of "

@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.runner import Runner
 
-from deployments.deploy import SCORE_CRON, TRAIN_CRON, build_deployments
+from deployments.deploy import SCORE_CRON, TOPUP_CRON, TRAIN_CRON, build_deployments
 from tests.fixtures.fix_dask import chunk_writers
 from tests.helpers import days_ago
 
@@ -28,14 +28,19 @@ def test_deployments_register_with_their_schedules(prefect_api):
             return [await client.read_deployment(i) for i in ids]
 
     registered = {d.name: d for d in asyncio.run(read())}
-    assert set(registered) == {"churn-monthly", "churn-daily"}
+    assert set(registered) == {"churn-monthly", "churn-daily", "churn-topup"}
     crons = {
         name: [(s.schedule.cron, s.schedule.timezone) for s in d.schedules] for name, d in registered.items()
     }
-    assert crons == {"churn-monthly": [(TRAIN_CRON, "UTC")], "churn-daily": [(SCORE_CRON, "UTC")]}
+    assert crons == {
+        "churn-monthly": [(TRAIN_CRON, "UTC")],
+        "churn-daily": [(SCORE_CRON, "UTC")],
+        "churn-topup": [(TOPUP_CRON, "UTC")],
+    }
     assert TRAIN_CRON == "0 3 1 * *", "training runs on the 1st of each month"
     assert registered["churn-monthly"].parameters == {"job": "churn"}
     assert registered["churn-daily"].parameters == {"job": "churn", "monitor": True}
+    assert registered["churn-topup"].parameters == {"job": "churn", "new_only": True}
 
 
 def test_a_served_daily_run_scores_on_the_dask_cluster(conn, dask_cluster, monkeypatch):
