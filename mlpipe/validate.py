@@ -317,7 +317,14 @@ def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
         "failures": [str(f) for f in failures],  # in the operator's words
         "gx": [f.gx for f in failures],  # Great Expectations' result, same order
         "score_psi": psi,
+        "unknown_categories": unknown_categories(out),
     }
+    if gates["unknown_categories"]:
+        log.warning(
+            "run %s: categories the model never saw, scored as none of its known ones: %s",
+            out.run_id,
+            ", ".join(f"{name} {count:,} rows" for name, count in gates["unknown_categories"].items()),
+        )
     runs.record_gates(conn, out.run_id, gates)
     if failures:
         raise GateFailed(
@@ -327,6 +334,18 @@ def output_gate(conn: psycopg.Connection, out: RunOutput) -> dict:
             out.run_id,
         )
     return gates
+
+
+def unknown_categories(out: RunOutput) -> dict[str, int]:
+    """Rows per categorical input whose category the model never saw: scored as none of the known
+    ones where the spec says `unknown: ignore` (where it says reject, such rows are quarantined)."""
+    if not out.reference:
+        return {}
+    return {
+        name: int(counts[drift.UNKNOWN])
+        for name, counts in out.inputs.items()
+        if out.reference.get(name, {}).get("kind") == "categorical" and counts[drift.UNKNOWN]
+    }
 
 
 def drift_failures(out: RunOutput) -> list[Failure]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mlpipe.validate import GateFailed
-from tests.helpers import days_ago, history_days, published, score
+from tests.helpers import days_ago, history_days, published, run_cli, score
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -54,3 +54,17 @@ def test_a_feature_that_goes_missing_fails_the_chunk_feature_check_with_sample_k
     assert "days_since_last_session missing in chunk" in str(failure.value)
     assert "sample keys [" in str(failure.value)
     assert published(conn) == snapshot
+
+
+def test_unknown_categories_are_counted_per_feature_and_shown(conn):
+    # passenger_class says `unknown: ignore` (the default): the row is scored, and counted.
+    conn.execute(
+        """insert into demo.titanic (passenger, sex, age_years, passenger_class, is_survivor)
+           values ('Nobody, Mr. Test', 'male', 30, '4th', false),
+                  ('Other, Mr. Test', 'male', 31, '4th', false)"""
+    )
+    result = score("titanic", days_ago(1))
+    gates = conn.execute("select gates from mlpipe.runs where run_id = %s", [result["run_id"]]).fetchone()[0]
+    assert gates["unknown_categories"] == {"passenger_class": 2}
+    shown = run_cli("runs", "show", str(result["run_id"]))
+    assert shown.returncode == 0 and "passenger_class 2" in shown.stdout, shown.stdout

@@ -131,7 +131,8 @@ def test_too_many_bad_rows_stop_the_run_before_publish(conn):
     snapshot = published(conn)
     conn.execute("update demo.customers set plan = 'platinum' where customer_id % 10 = 0")
 
-    with pytest.raises(RunFailedError, match="quarantined"):
+    rate = r"quarantine rate [0-9.]+% \(\d+ of [0-9,]+\) is above the job's 1.0%"
+    with pytest.raises(RunFailedError, match=rate):
         score("churn", days_ago(1))
 
     assert published(conn) == snapshot
