@@ -39,22 +39,24 @@ def _day(value: object) -> str:
     return str(value or date.today())
 
 
+def _named(kind: str) -> str:
+    params = flow_run.parameters
+    return f"{kind} {job_label(params['job'])} {_day(params.get('as_of'))}"
+
+
 def score_run_name() -> str:
     """`score churn 2026-11-23`."""
-    params = flow_run.parameters
-    return f"score {job_label(params['job'])} {_day(params.get('as_of'))}"
+    return _named("score")
 
 
 def train_run_name() -> str:
     """`train churn 2026-11-01`."""
-    params = flow_run.parameters
-    return f"train {job_label(params['job'])} {_day(params.get('as_of'))}"
+    return _named("train")
 
 
 def monitor_run_name() -> str:
     """`monitor churn 2026-11-23`."""
-    params = flow_run.parameters
-    return f"monitor {job_label(params['job'])} {_day(params.get('as_of'))}"
+    return _named("monitor")
 
 
 def backfill_run_name() -> str:

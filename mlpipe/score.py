@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -75,15 +76,19 @@ class ScoringRun:
         spec.check_as_of(as_of)
         validate.warm_up()
         run = cls(url, settings, spec, as_of)
+        return run._started(lambda: run._start(model_version))
+
+    def _started(self, start: Callable[[], None]) -> ScoringRun:
+        """Run the start-up step; on any failure mark the run failed (one line for a lost connection)."""
         try:
-            run._start(model_version)
+            start()
         except psycopg.OperationalError as exc:
-            run._fail(exc)
-            raise run._lost_connection("while planning", exc) from exc
+            self._fail(exc)
+            raise self._lost_connection("while planning", exc) from exc
         except BaseException as exc:
-            run._fail(exc)
+            self._fail(exc)
             raise
-        return run
+        return self
 
     def _start(self, model_version: str | None) -> None:
         conn, spec, as_of = self.conn, self.spec, self.as_of

@@ -62,15 +62,7 @@ class TopUp(ScoringRun):
             )
         validate.warm_up()
         run = cls(url, settings, spec)
-        try:
-            run._start_topup()
-        except psycopg.OperationalError as exc:
-            run._fail(exc)
-            raise run._lost_connection("while planning", exc) from exc
-        except BaseException as exc:
-            run._fail(exc)
-            raise
-        return run
+        return run._started(run._start_topup)
 
     def _start_topup(self) -> None:
         conn, spec = self.conn, self.spec
