@@ -24,6 +24,7 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
@@ -159,7 +160,15 @@ def _push(url: str, job: str, kind: str, samples: list[Sample], replace_all: boo
     try:
         send(url, PUSH_JOB, registry_of(samples), {"mlpipe_job": job, "kind": kind}, timeout=PUSH_TIMEOUT_S)
     except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors; a malformed URL is not
-        log.warning("metrics push to %s failed (%s); the %s run of %s is not affected", url, exc, kind, job)
+        where = _without_secrets(url)
+        log.warning("metrics push to %s failed (%s); the %s run of %s is not affected", where, exc, kind, job)
+
+
+def _without_secrets(url: str) -> str:
+    """The gateway's address for a log line: no user, password or query string."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname or ''}:{parts.port}" if parts.port else parts.hostname or ""
+    return parts._replace(netloc=host, query="").geturl()
 
 
 def write_file(path: Path, job: str, kind: str, samples: list[Sample], *, replace_all: bool) -> None:

@@ -198,8 +198,10 @@ def test_an_unreachable_gateway_logs_one_warning_and_the_run_goes_on(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="mlpipe.metrics"):
         # Port 1 on loopback: nothing listens, the connection is refused at once.
         metrics.record_score(
-            Settings(pushgateway_url="http://127.0.0.1:1", metrics_file=tmp_path / "m.prom"), SUMMARY
+            Settings(pushgateway_url="http://ops:s3cret@127.0.0.1:1", metrics_file=tmp_path / "m.prom"),
+            SUMMARY,
         )
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "push to http://127.0.0.1:1 failed" in warnings[0].getMessage()
+    assert "s3cret" not in caplog.text, "a password in the gateway's URL is never logged"
     assert (tmp_path / "m.prom").is_file(), "the file is still written"
