@@ -82,3 +82,23 @@ def test_the_psi_hint_does_not_point_at_quarantine():
     failures = check_output(_chunks((200, 200, 0, 0.1, 0.9)), NO_MISSING, 200, 0.01, 0.3, 0.25)
     message = str(GateFailed("the output gate of run 7 (churn 2026-11-23)", failures, None, 7))
     assert "quarantine" not in message and "outputs.max_score_psi" in message and "runs show 7" in message
+
+
+def test_a_chunk_refuses_non_finite_scores_before_it_writes():
+    # The gate no longer carries a null-score check that could not fail: this is where it is enforced.
+    from types import SimpleNamespace
+
+    from mlpipe.algorithms import LinearModel
+    from mlpipe.chunks import _predict
+    from mlpipe.errors import RunFailedError
+    from mlpipe.extract import Chunk
+
+    ones = np.ones(2)
+    model = LinearModel(["a", "b"], ones, np.zeros(2), ones, np.array([1.0, np.nan]), 0.0)
+    matrix = np.array([[1.0, 2.0]], dtype=np.float32)
+    with pytest.raises(RunFailedError, match="model churn-v9 produced non-finite scores in chunk 3"):
+        _predict(model, matrix, SimpleNamespace(model_version="churn-v9"), Chunk(3, 0, 10, False))
+    finite = LinearModel(["a", "b"], ones, np.zeros(2), ones, np.array([1.0, 0.5]), 0.0)
+    assert np.isfinite(
+        _predict(finite, matrix, SimpleNamespace(model_version="churn-v9"), Chunk(3, 0, 10, False))
+    ).all()
