@@ -35,3 +35,15 @@ def run_json(script: str, args: list[str], env: dict, what: str) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"{what} failed:\n{out.stdout}\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def worker_env(url: str, home: Path) -> dict:
+    """The environment a bench's worker processes run in: the scratch database and home, Prefect quiet."""
+    return {
+        **os.environ,
+        "MLPIPE_DATABASE_URL": url,
+        "MLPIPE_HOME": str(home),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }

@@ -278,20 +278,13 @@ def keep_reference(url: str) -> None:
 
 
 def bench(args: argparse.Namespace) -> dict:
-    from bench.common import scratch
+    from bench.common import scratch, worker_env
     from bench.score import fill, prepare
     from mlpipe.settings import Settings
     from mlpipe.spec import load_job
 
     home, url = scratch()
-    env = {
-        **os.environ,
-        "MLPIPE_DATABASE_URL": url,
-        "MLPIPE_HOME": str(home),
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    }
+    env = worker_env(url, home)
     settings = Settings(database_url=url, home=home)
     _, _, train_s = prepare("wide", url, settings, args.seed)
     keep_reference(url)

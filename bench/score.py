@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -316,18 +315,11 @@ def main() -> None:
         print(json.dumps(worker(args.as_of, args.job)))
         return
 
-    from bench.common import scratch
+    from bench.common import scratch, worker_env
     from mlpipe.settings import Settings
 
     home, url = scratch()
-    env = {
-        **os.environ,
-        "MLPIPE_DATABASE_URL": url,
-        "MLPIPE_HOME": str(home),
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    }
+    env = worker_env(url, home)
     if args.chunk_rows:
         env["MLPIPE_CHUNK_ROWS"] = str(args.chunk_rows)
     settings = Settings(database_url=url, home=home)
