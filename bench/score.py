@@ -2,17 +2,22 @@
 
     python bench/score.py --entities 1000000                       # the demo churn job (default)
     python bench/score.py --shape wide --entities 1000000 10000000  # 30 numeric features, XGBoost 300x6
+    python bench/score.py --shape wide mixed --entities 1000000     # both shapes, side by side
     python bench/score.py --entities 100000 --skip-naive
 
 demo: generates the demo world (N customers), trains the churn job, scores today's population.
 wide: trains the `wide` job (XGBoost, 300 trees of depth 6) on 200k rows, then for each N fills
       demo.wide with N rows of 30 numeric features and scores them.
+mixed: the same for the `mixed` job (demo.mixed): a text key, 4 categorical inputs (one of ~1,000
+      values, 1,049 model inputs in all), 26 numeric inputs with NULLs in 6 of them (1-15%).
+With several shapes, each size runs every shape in turn (the ratios compare shapes of one invocation).
 Each path runs in a fresh process so each peak RSS is that path's own:
   mlpipe:          the Prefect scoring flow (chunked reads, checks, quarantine, vectorized predict,
                    binary COPY in, gates, index, publish), reasons off;
   mlpipe+reasons:  the same with outputs.reasons: 3 (top three reasons per row);
-  script:          (wide only) the hand-written reference: binary COPY out, inplace_predict, binary
-                   COPY into a fresh table, primary key, rename; three threads, no checks;
+  script:          (wide, mixed) the hand-written reference: key ranges read with ADBC (binary COPY into
+                   Arrow), encoded with Arrow compute, inplace_predict, binary COPY into a fresh
+                   table, primary key, rename; three threads, no checks;
   naive:           pandas.read_sql -> predict -> DataFrame.to_sql (only at sizes up to --naive-max).
 Then, on one chunk of rows: rows/s of the reasons (surrogate) against XGBoost's approximate
 contributions and exact TreeSHAP.
@@ -96,16 +101,19 @@ def worker_naive(day: date, job: str) -> dict:
 
 def worker_script(day: date, job: str) -> dict:
     """The hand-written reference: no checks, no quarantine, no gates, no history. Three threads in a
-    pipeline: key ranges streamed out with binary COPY, inplace_predict, binary COPY into a fresh
-    table; then the primary key and a rename."""
+    pipeline: key ranges read with ADBC into Arrow and encoded with Arrow compute, inplace_predict,
+    binary COPY into a fresh table; then the primary key and a rename."""
     import queue
     import threading
 
+    import adbc_driver_postgresql.dbapi as adbc
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from psycopg import sql
 
     from mlpipe import registry
-    from mlpipe.copyio import BINARY_HEADER, BINARY_TRAILER, copy_in_binary
+    from mlpipe.copyio import copy_in_binary, with_text_keys
     from mlpipe.db import connection, database_url
     from mlpipe.settings import Settings
     from mlpipe.spec import load_job
@@ -113,47 +121,84 @@ def worker_script(day: date, job: str) -> dict:
     settings = Settings()
     spec = load_job(job, settings)
     url = database_url(settings)
-    columns = list(spec.features)
-    layout = np.dtype(
-        [("fields", ">i2"), ("key_len", ">i4"), ("key", ">i8")]
-        + [item for name in columns for item in ((f"{name}_len", ">i4"), (name, ">f8"))]
-    )
-    out_layout = np.dtype(
-        [("fields", ">i2"), ("key_len", ">i4"), ("key", ">i8"), ("score_len", ">i4"), ("score", ">f8")]
-    )
+    table = sql.Identifier("demo", job)
+    text_key = spec.entity.type == "text"
     with connection(url) as conn:
         booster = registry.champion(conn, job).load().booster
-        low, high = conn.execute("select min(entity_id), max(entity_id) from demo.wide").fetchone()
-    step = 200_000
+        # Key ranges of 200k rows, whatever the key's type.
+        bounds = [
+            row[0]
+            for row in conn.execute(
+                sql.SQL(
+                    "select entity_id from (select entity_id, row_number() over (order by entity_id) as n"
+                    " from {}) as numbered where n %% %s = 1 order by 1"
+                ).format(table),
+                [200_000],
+            )
+        ]
+        select = sql.SQL("select entity_id, {} from {} where entity_id >= %s and entity_id < %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, spec.features)), table
+        )
+        queries = [
+            conn.cursor().mogrify(select, [lo, hi]) if hi is not None else None
+            for lo, hi in zip(bounds, [*bounds[1:], None], strict=True)
+        ]
+        queries[-1] = conn.cursor().mogrify(
+            sql.SQL("select entity_id, {} from {} where entity_id >= %s").format(
+                sql.SQL(", ").join(map(sql.Identifier, spec.features)), table
+            ),
+            [bounds[-1]],
+        )
+    key_field = [] if text_key else [("key", ">i8")]
+    out_layout = np.dtype(
+        [("fields", ">i2"), ("key_len", ">i4"), *key_field, ("score_len", ">i4"), ("score", ">f8")]
+    )
+    width = sum(len(f.categories) if f.kind == "categorical" else 1 for f in spec.features.values())
     features, scored = queue.Queue(maxsize=2), queue.Queue(maxsize=2)
-    select = sql.SQL(
-        "copy (select entity_id, {} from demo.wide where entity_id >= %s and entity_id < %s)"
-        " to stdout (format binary)"
-    ).format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+
+    def encode(rows: pa.Table) -> np.ndarray:
+        matrix = np.zeros((rows.num_rows, width), dtype=np.float32)
+        at = 0
+        for name, feature in spec.features.items():
+            column = rows.column(name)
+            if feature.kind == "categorical":
+                codes = pc.index_in(column, value_set=pa.array(feature.categories)).to_numpy(
+                    zero_copy_only=False
+                )
+                known = ~np.isnan(codes)
+                matrix[np.flatnonzero(known), at + codes[known].astype(np.intp)] = 1.0
+                at += len(feature.categories)
+            else:
+                matrix[:, at] = column.to_numpy(zero_copy_only=False)  # NULL: NaN
+                at += 1
+        return matrix
 
     def read() -> None:
-        with connection(url) as conn:
-            for lo in range(low, high + 1, step):
-                with conn.cursor().copy(select, [lo, lo + step]) as copy:
-                    data = b"".join(copy)
-                rows = np.frombuffer(data[len(BINARY_HEADER) : -len(BINARY_TRAILER)], dtype=layout)
-                matrix = np.empty((len(rows), len(columns)), dtype=np.float32)
-                for i, name in enumerate(columns):
-                    matrix[:, i] = rows[name]
-                features.put((rows["key"].astype(np.int64), matrix))
+        with adbc.connect(url, autocommit=True) as reader, reader.cursor() as cursor:
+            for query in queries:
+                cursor.execute(query)
+                rows = cursor.fetch_arrow_table()
+                keys = rows.column("entity_id").to_numpy(zero_copy_only=False)
+                features.put((keys, encode(rows)))
         features.put(None)
 
     def write() -> None:
+        key_type = sql.SQL("text" if text_key else "bigint")
         with connection(url) as conn:
             conn.execute("drop table if exists demo.script_scores_new")
             conn.execute(
-                "create table demo.script_scores_new (entity_id bigint not null, score float8 not null)"
+                sql.SQL(
+                    "create table demo.script_scores_new (entity_id {} not null, score float8 not null)"
+                ).format(key_type)
             )
             while (item := scored.get()) is not None:
                 keys, scores = item
                 rows = np.empty(len(keys), dtype=out_layout)
-                rows["fields"], rows["key_len"], rows["key"] = 2, 8, keys
-                rows["score_len"], rows["score"] = 8, scores
+                rows["fields"], rows["score_len"], rows["score"] = 2, 8, scores
+                if text_key:
+                    rows = with_text_keys(rows, keys)
+                else:
+                    rows["key_len"], rows["key"] = 8, keys
                 copy_in_binary(conn, "copy demo.script_scores_new from stdin (format binary)", [rows])
             conn.execute("alter table demo.script_scores_new add primary key (entity_id)")
             conn.execute("drop table if exists demo.script_scores")
@@ -184,7 +229,7 @@ def worker_explain(day: date, job: str) -> dict:
     from mlpipe import registry
     from mlpipe.chunks import explainer
     from mlpipe.db import connection, database_url
-    from mlpipe.extract import check_features_source, plan_chunks, read_features
+    from mlpipe.extract import plan_chunks, read_features
     from mlpipe.features import to_matrix
     from mlpipe.settings import Settings
     from mlpipe.spec import load_job
@@ -193,9 +238,8 @@ def worker_explain(day: date, job: str) -> dict:
     spec = load_job(job, settings)
     with connection(database_url(settings)) as conn:
         version = registry.champion(conn, job)
-        block = check_features_source(conn, spec, day)
         first = plan_chunks(conn, spec, day, 200_000)[1][0]
-        frame = read_features(conn, spec, day, first, block)
+        frame = read_features(conn, spec, day, first)
     matrix = to_matrix(frame, spec)
     model = version.load()
     surrogate, writer = explainer(version, 3)
@@ -251,21 +295,29 @@ def run_worker(path: str, day: date, job: str, env: dict) -> dict:
     )
 
 
+# Rows each benchmark shape's model trains on (mixed: 1,049 inputs, so fewer rows for the same time).
+TRAIN_ROWS = {"wide": 200_000, "mixed": 50_000}
+
+
+def _generator(shape: str):
+    from mlpipe.demo import mixed, wide
+
+    return {"wide": wide, "mixed": mixed}[shape]
+
+
 def prepare(shape: str, url: str, settings, seed: int) -> tuple[str, float, float]:
     """Data and a trained model for the shape; returns (job, generate seconds, train seconds)."""
     from mlpipe import train
     from mlpipe.db import connection
-    from mlpipe.demo import wide
     from mlpipe.spec import load_job
 
-    job = "churn" if shape == "demo" else "wide"
-    if shape == "wide":
+    job = "churn" if shape == "demo" else shape
+    generated = 0.0
+    if shape != "demo":
         started = time.perf_counter()
         with connection(url) as conn:
-            wide.generate(conn, 200_000, seed=seed)
+            _generator(shape).generate(conn, TRAIN_ROWS[shape], seed=seed)
         generated = time.perf_counter() - started
-    else:
-        generated = 0.0
     started = time.perf_counter()
     with connection(url) as conn:
         trained = train.train(conn, settings, load_job(job, settings), date.today())
@@ -278,9 +330,9 @@ def prepare(shape: str, url: str, settings, seed: int) -> tuple[str, float, floa
 
 
 def fill(shape: str, url: str, entities: int, seed: int) -> float:
-    """The data to score: N demo customers, or N wide rows. Returns seconds."""
+    """The data to score: N demo customers, or N rows of the shape's table. Returns seconds."""
     from mlpipe.db import connection
-    from mlpipe.demo import wide, world
+    from mlpipe.demo import world
 
     started = time.perf_counter()
     with connection(url) as conn:
@@ -288,7 +340,7 @@ def fill(shape: str, url: str, entities: int, seed: int) -> float:
             summary = world.generate(conn, entities, seed=seed)
             print(f"  {summary.events:,} events, {summary.payments:,} payments", flush=True)
         else:
-            wide.generate(conn, entities, seed=seed + 1)
+            _generator(shape).generate(conn, entities, seed=seed + 1)
     return time.perf_counter() - started
 
 
@@ -296,7 +348,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shape", choices=["demo", "wide"], default="demo")
+    parser.add_argument("--shape", choices=["demo", "wide", "mixed"], nargs="+", default=["demo"])
     parser.add_argument("--entities", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-naive", action="store_true", help="leave the naive path out")
@@ -323,43 +375,64 @@ def main() -> None:
     if args.chunk_rows:
         env["MLPIPE_CHUNK_ROWS"] = str(args.chunk_rows)
     settings = Settings(database_url=url, home=home)
-    if args.shape == "demo":  # the demo model trains on the world it scores
+    shapes = list(dict.fromkeys(args.shape))
+    generate_s = {}
+    if "demo" in shapes:  # the demo model trains on the world it scores
         print(f"generating {args.entities[0]:,} customers ...", flush=True)
-        generate_s = fill("demo", url, args.entities[0], args.seed)
-    job, _, train_s = prepare(args.shape, url, settings, args.seed)
-
-    jobs_path = reasons_jobs(home, job)
-    plain_env = {**env, "MLPIPE_JOBS_PATH": jobs_path["off"]}
-    reasons_env = {**env, "MLPIPE_JOBS_PATH": jobs_path["on"]}
+        generate_s["demo"] = fill("demo", url, args.entities[0], args.seed)
+    prepared = {shape: prepare(shape, url, settings, args.seed) for shape in shapes}
     runs = []
     for size in args.entities:
-        if args.shape == "wide" or size != args.entities[0]:
-            print(f"filling {size:,} entities ...", flush=True)
-            generate_s = fill(args.shape, url, size, args.seed)
-        results = {
-            "mlpipe": run_worker("mlpipe", date.today(), job, plain_env),
-            "mlpipe+reasons": run_worker("mlpipe", date.today(), job, reasons_env),
-        }
-        if args.shape == "wide":  # the hand-written script reads the wide table itself
-            results["script"] = run_worker("script", date.today(), job, plain_env)
-        if not args.skip_naive and size <= args.naive_max:
-            results["naive"] = run_worker("naive", date.today(), job, plain_env)
-        explain = run_worker("explain", date.today(), job, reasons_env) if not runs else None
-        runs.append(summarize(size, results, generate_s, train_s, explain))
-        print(f"\n{'path':<16}{'entities':>12}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}")
-        for name, r in results.items():
-            rate = r["rows"] / r["seconds"]
-            print(
-                f"{name:<16}{size:>12,}{r['rows']:>12,}{r['seconds']:>10.2f}{rate:>12,.0f}"
-                f"{r['peak_rss_mb']:>14,.0f}",
-                flush=True,
-            )
-        if explain:
-            print(
-                "\nexplaining one chunk (rows/s): "
-                + ", ".join(f"{k} {v if v is None else format(v, ',.3g')}" for k, v in explain.items())
-            )
-    print(json.dumps({**runs[0], "shape": args.shape, "runs": runs}))
+        for shape in shapes:
+            job, _, train_s = prepared[shape]
+            if shape != "demo" or size != args.entities[0]:
+                print(f"filling {size:,} {shape} entities ...", flush=True)
+                generate_s[shape] = fill(shape, url, size, args.seed)
+            jobs_path = reasons_jobs(home, job)
+            plain_env = {**env, "MLPIPE_JOBS_PATH": jobs_path["off"]}
+            reasons_env = {**env, "MLPIPE_JOBS_PATH": jobs_path["on"]}
+            results = {
+                "mlpipe": run_worker("mlpipe", date.today(), job, plain_env),
+                "mlpipe+reasons": run_worker("mlpipe", date.today(), job, reasons_env),
+            }
+            if shape != "demo":  # the hand-written script reads the shape's table itself
+                results["script"] = run_worker("script", date.today(), job, plain_env)
+            if not args.skip_naive and size <= args.naive_max:
+                results["naive"] = run_worker("naive", date.today(), job, plain_env)
+            first = size == args.entities[0]
+            explain = run_worker("explain", date.today(), job, reasons_env) if first else None
+            runs.append({"shape": shape, **summarize(size, results, generate_s[shape], train_s, explain)})
+            _print(shape, size, results, explain)
+        _compare_shapes(runs, size)
+    print(json.dumps({**runs[0], "runs": runs}))
+
+
+def _print(shape: str, size: int, results: dict, explain: dict | None) -> None:
+    header = f"{'entities':>12}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}"
+    print(f"\n{'path (' + shape + ')':<24}{header}")
+    for name, r in results.items():
+        rate = r["rows"] / r["seconds"]
+        print(
+            f"{name:<24}{size:>12,}{r['rows']:>12,}{r['seconds']:>10.2f}{rate:>12,.0f}"
+            f"{r['peak_rss_mb']:>14,.0f}",
+            flush=True,
+        )
+    if explain:
+        print(
+            "\nexplaining one chunk (rows/s): "
+            + ", ".join(f"{k} {v if v is None else format(v, ',.3g')}" for k, v in explain.items())
+        )
+
+
+def _compare_shapes(runs: list[dict], size: int) -> None:
+    """Each non-wide shape's rows/s against the wide shape's at the same size (same invocation)."""
+    at_size = {run["shape"]: run for run in runs if run["entities"] == size}
+    if "wide" not in at_size:
+        return
+    for shape, run in at_size.items():
+        if shape != "wide":
+            run["vs_wide"] = round(run["mlpipe_rows_per_s"] / at_size["wide"]["mlpipe_rows_per_s"], 2)
+            print(f"{shape} at {size:,}: {run['vs_wide']}x the wide shape's rows/s", flush=True)
 
 
 def summarize(size: int, results: dict, generate_s: float, train_s: float, explain: dict | None) -> dict:

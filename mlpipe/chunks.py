@@ -50,7 +50,6 @@ class RunContext:
     challenger: ModelVersion | None = None
     shadow_table: str | None = None
     challenger_share: float = 0.0
-    numeric_block: bool = False
     reasons: int = 0  # top reasons per row; 0: none
     keys_table: str | None = None  # a top-up: only these keys (mlpipe_data.<table>.entity_id) are read
 
@@ -136,7 +135,7 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
 def _read_and_check(conn, spec: JobSpec, ctx: RunContext, chunk: Chunk) -> _CheckedRows:
     """The chunk's rows, the bad ones set aside with their reasons, the good ones as the model's matrix
     and counted into the drift bins (the raw frame is freed on return: half the chunk's memory)."""
-    frame = read_features(conn, spec, ctx.as_of, chunk, ctx.numeric_block, ctx.keys_table)
+    frame = read_features(conn, spec, ctx.as_of, chunk, ctx.keys_table)
     reasons = find_bad_rows(frame, spec)
     bad = reasons.notna().to_numpy()
     rejected = (frame[spec.entity.key][bad], reasons[bad]) if bad.any() else None

@@ -1,19 +1,20 @@
-"""Bulk I/O with COPY: query results out as Arrow tables, predictions in as binary COPY."""
+"""Bulk I/O: query results out as Arrow tables (ADBC), predictions in as binary COPY."""
 
 from __future__ import annotations
 
 import io
-import json
-import select
 import struct
+import threading
 from collections.abc import Iterable
 
+import adbc_driver_manager
+import adbc_driver_postgresql
 import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from adbc_driver_manager._reader import AdbcRecordBatchReader
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 # PostgreSQL's binary COPY format: a signature, flags and header extension length (both 0), then the
 # rows (each a field count, then each field's length and bytes), then a field count of -1.
@@ -25,83 +26,55 @@ _WRITE_BLOCK = 1 << 20
 def copy_out(
     conn: psycopg.Connection, query: sql.Composable, params: dict, types: dict[str, pa.DataType]
 ) -> pa.Table:
-    """Run `query` through COPY ... TO STDOUT (CSV) and parse it with Arrow in C++, typed by `types`.
+    """Run `query` and return its rows as an Arrow table of `types` (the columns the query returns,
+    cast to these), read with ADBC's PostgreSQL driver: binary COPY decoded into Arrow in C, NULLs
+    and text native, the GIL released while it reads.
 
-    Streams from the server into one buffer: memory follows the result size, so callers pass
-    bounded queries (one key range per chunk)."""
-    statement = sql.SQL("copy ({}) to stdout (format csv, header true)").format(query)
-    buffer = io.BytesIO(copy_out_bytes(conn, statement, params))
-    if buffer.getbuffer().nbytes == 0:
-        return pa.table({name: pa.array([], type=t) for name, t in types.items()})
-    return pacsv.read_csv(
-        buffer,
-        read_options=pacsv.ReadOptions(block_size=1 << 24),
-        # A one-column result writes NULL as an empty line: it is a row, not nothing.
-        parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(
-            column_types=types,
-            null_values=[""],
-            true_values=["t"],
-            false_values=["f"],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,  # PostgreSQL quotes an empty string, never a NULL
-        ),
-    )
-
-
-def copy_out_bytes(conn: psycopg.Connection, statement: sql.Composable, params: dict) -> bytes:
-    """Everything a COPY ... TO STDOUT statement sends, as one buffer.
-
-    libpq hands COPY data over one row per message. psycopg's Copy iterator spends about 5 us of
-    Python on each (a quarter of a core at our chunk sizes), so this loop talks to libpq directly:
-    one call and one list append per row, waiting on the socket (GIL released) when no row is ready.
-    COPY takes no server-side parameters; psycopg merges them client-side, as its Copy does."""
-    query = psycopg.ClientCursor(conn).mogrify(statement, params).encode(conn.info.encoding)
-    pgconn = conn.pgconn
-    rows: list[memoryview] = []
+    The rows come over a connection of their own to the same server, database and user as `conn`
+    (opened for this call, ~10 ms), so the query sees committed data only; callers pass bounded
+    queries (one key range per chunk)."""
+    text = psycopg.ClientCursor(conn).mogrify(query, params)  # ADBC binds no named parameters
     try:
-        pgconn.send_query(query)
-        result = _next_result(pgconn)
-        if result is None or result.status != psycopg.pq.ExecStatus.COPY_OUT:
-            error = _drain(conn, result) or psycopg.ProgrammingError("the statement is not a COPY TO STDOUT")
-        else:
-            while True:
-                size, data = pgconn.get_copy_data(1)
-                if size > 0:
-                    rows.append(data)
-                elif size == 0:
-                    select.select([pgconn.socket], [], [])
-                    pgconn.consume_input()
-                elif size == -1:
-                    break
-                else:
-                    raise psycopg.OperationalError(f"reading COPY data failed: {pgconn.get_error_message()}")
-            error = _drain(conn, _next_result(pgconn))
-    except BaseException:
-        # Mid-COPY the connection cannot run anything else: close it rather than hand it back in a
-        # state psycopg does not know about (a lost connection is closed already).
-        conn.close()
-        raise
-    if error is not None:
-        raise error  # an error the server reported; the connection is usable again (after rollback)
-    return b"".join(rows)
+        reader = adbc_driver_manager.AdbcConnection(_database(conn))
+        try:
+            with adbc_driver_manager.AdbcStatement(reader) as statement:
+                statement.set_sql_query(text)
+                stream, _ = statement.execute_query()
+                # The driver manager's reader, as its DB-API cursor uses: an error the server sends
+                # mid-stream comes out as its typed error with the SQLSTATE (pyarrow's: OSError).
+                table = AdbcRecordBatchReader._import_from_c(stream.address).read_all()
+        finally:
+            reader.close()
+    except adbc_driver_manager.Error as exc:
+        raise _as_psycopg_error(exc) from exc
+    missing = [name for name in types if name not in table.column_names]
+    if missing:
+        raise psycopg.ProgrammingError(f"the query returns no column {', '.join(missing)}")
+    return pa.table({name: table.column(name).cast(t) for name, t in types.items()})
 
 
-def _next_result(pgconn):
-    while pgconn.is_busy():
-        select.select([pgconn.socket], [], [])
-        pgconn.consume_input()
-    return pgconn.get_result()
+# ADBC's database objects by connection string: one loads the server's type catalogue (~130 ms) and
+# holds no session, so it is kept; each read opens a connection of it and closes it.
+_databases: dict[str, adbc_driver_manager.AdbcDatabase] = {}
+_databases_lock = threading.Lock()
 
 
-def _drain(conn: psycopg.Connection, result) -> psycopg.Error | None:
-    """Read results to the end of the statement; return the first error, as psycopg would raise it."""
-    error = None
-    while result is not None:
-        if error is None and result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
-            error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
-        result = _next_result(conn.pgconn)
-    return error
+def _database(conn: psycopg.Connection) -> adbc_driver_manager.AdbcDatabase:
+    options = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val}
+    dsn = psycopg.conninfo.make_conninfo(**options)
+    with _databases_lock:
+        if dsn not in _databases:
+            _databases[dsn] = adbc_driver_postgresql.connect(dsn)
+        return _databases[dsn]
+
+
+def _as_psycopg_error(exc: adbc_driver_manager.Error) -> psycopg.Error:
+    """The psycopg error of the server's SQLSTATE; a lost or refused connection is OperationalError."""
+    state = getattr(exc, "sqlstate", None) or ""
+    message = str(exc).split("ERROR:", 1)[-1].split(". SQLSTATE")[0].strip()
+    if isinstance(exc, adbc_driver_manager.OperationalError) or state[:2] in ("08", "57", ""):
+        return psycopg.OperationalError(message)
+    return psycopg.errors.lookup(state)(message)
 
 
 def copy_in_csv(conn: psycopg.Connection, schema: str, table: str, data: pa.Table) -> None:
@@ -123,12 +96,11 @@ def prediction_rows(
     model_version: str | None = None,
     reasons: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Binary COPY rows for (bigint key, float8, bool, float4[, text][, jsonb]), as one numpy record
-    array: every field is fixed-width (the text is one constant, the reasons are padded JSON of one
-    width), so no Python runs per row."""
+    """Binary COPY rows for (key, float8, bool, float4[, text][, jsonb]), no Python per row: a numpy
+    record array when the key is an integer (every field fixed-width: the text is one constant, the
+    reasons are padded JSON of one width), else the rows' bytes, each text key between its length
+    and the fixed-width fields."""
     fields = [
-        ("fields", ">i2"),
-        ("key_len", ">i4"), ("key", ">i8"),
         ("score_len", ">i4"), ("score", ">f8"),
         ("decision_len", ">i4"), ("decision", "u1"),
         ("percentile_len", ">i4"), ("percentile", ">f4"),
@@ -138,9 +110,10 @@ def prediction_rows(
         fields += [("version_len", ">i4"), ("version", f"S{len(version)}")]
     if reasons is not None:  # jsonb's binary form: a version byte (1), then the JSON text
         fields += [("reasons_len", ">i4"), ("reasons_format", "u1"), ("reasons", "u1", reasons.shape[1])]
-    rows = np.empty(len(keys), dtype=np.dtype(fields))
+    head = [("fields", ">i2"), ("key_len", ">i4")]
+    integer_key = keys.dtype.kind in "iu"
+    rows = np.empty(len(keys), dtype=np.dtype(head + ([("key", ">i8")] if integer_key else []) + fields))
     rows["fields"] = 4 + (model_version is not None) + (reasons is not None)
-    rows["key_len"], rows["key"] = 8, keys
     rows["score_len"], rows["score"] = 8, score
     rows["decision_len"], rows["decision"] = 1, decision
     rows["percentile_len"], rows["percentile"] = 4, percentile
@@ -148,7 +121,31 @@ def prediction_rows(
         rows["version_len"], rows["version"] = len(version), version
     if reasons is not None:
         rows["reasons_len"], rows["reasons_format"], rows["reasons"] = reasons.shape[1] + 1, 1, reasons
-    return rows
+    if integer_key:
+        rows["key_len"], rows["key"] = 8, keys
+        return rows
+    return with_text_keys(rows, keys)
+
+
+def with_text_keys(rows: np.ndarray, keys) -> np.ndarray:
+    """Bytes of binary COPY rows whose first field is a text key. `rows` is a record array of the
+    field count (">i2"), the key's length (">i4") and every other field (fixed-width); each key goes,
+    as UTF-8, between its length and the rest. Placed by offsets: no Python per row."""
+    keys = pa.array(keys, type=pa.large_string())
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64, count=len(keys) + 1, offset=8 * keys.offset)
+    data = np.frombuffer(keys.buffers()[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
+    offsets = offsets - offsets[0]
+    lengths = np.diff(offsets)
+    rows["key_len"] = lengths
+    fixed = rows.view(np.uint8).reshape(len(rows), rows.dtype.itemsize)
+    head = 6  # field count (2 bytes) and key length (4 bytes)
+    starts = np.arange(len(rows), dtype=np.int64) * rows.dtype.itemsize + offsets[:-1]  # of each row
+    out = np.empty(len(rows) * rows.dtype.itemsize + len(data), dtype=np.uint8)
+    out[starts[:, None] + np.arange(head)] = fixed[:, :head]
+    out[np.repeat(starts + head - offsets[:-1], lengths) + np.arange(len(data))] = data
+    rest = np.arange(head, rows.dtype.itemsize)
+    out[(starts + lengths)[:, None] + rest] = fixed[:, head:]
+    return out
 
 
 def copy_predictions(
@@ -171,21 +168,9 @@ def copy_predictions(
         sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
     if keys.dtype.kind in "iu":
-        rows = prediction_rows(keys.astype(np.int64), score, decision, percentile, model_version, reasons)
-        copy_in_binary(conn, statement, [rows])
-        return
-    # Text keys are variable-width; psycopg's C row writer is the fast path for them.
-    with conn.cursor().copy(statement) as copy:
-        types = ["text", "float8", "bool", "float4"] + (["text"] if model_version else [])
-        copy.set_types(types + (["jsonb"] if reasons is not None else []))
-        extra = [model_version] if model_version else []
-        rows = zip(keys.tolist(), score.tolist(), decision.tolist(), percentile.tolist(), strict=True)
-        if reasons is None:
-            for row in rows:
-                copy.write_row([*row, *extra])
-            return
-        for row, json_text in zip(rows, reasons, strict=True):
-            copy.write_row([*row, *extra, Jsonb(json.loads(json_text.tobytes()))])
+        keys = keys.astype(np.int64)
+    rows = prediction_rows(keys, score, decision, percentile, model_version or None, reasons)
+    copy_in_binary(conn, statement, [rows])
 
 
 def copy_in_binary(
@@ -208,52 +193,3 @@ def _write_blocks(conn: psycopg.Connection, statement: sql.Composable, view: mem
 def _write_view(copy, view: memoryview) -> None:
     for offset in range(0, len(view), _WRITE_BLOCK):
         copy.write(view[offset : offset + _WRITE_BLOCK])
-
-
-# Source types the numeric block path reads, by type OID: smallint, integer, bigint, double precision.
-# Each converts to float8 exactly (bigint up to 2**53), as the CSV path's parse would.
-NUMERIC_BLOCK_TYPES = {21, 23, 20, 701}
-
-
-def read_numeric_block(
-    conn: psycopg.Connection, query: sql.Composable, params: dict, key: str, columns: list[str]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Run `query` and fetch its rows as (int64 keys, float64 matrix of `columns`), gathered on the
-    server into two arrays (the matrix as one two-dimensional array, row by row) and sent as one
-    binary row: nothing runs per row on this side, so chunk tasks in threads do not fight over the
-    GIL, and both sides together spend less CPU than streaming rows with COPY.
-    Returns None when a value is NULL; the caller then reads the general way."""
-    values = sql.SQL(", ").join(sql.SQL("source.{}::float8").format(sql.Identifier(c)) for c in columns)
-    statement = sql.SQL(
-        "select count(*), array_agg(source.{}::bigint), array_agg(array[{}]) from ({}) as source"
-    ).format(sql.Identifier(key), values, query)
-    # In a transaction (a savepoint when one is open) so that SET LOCAL applies on any connection.
-    with conn.transaction(), conn.cursor(binary=True) as cursor:
-        # Parallel workers would ship partial arrays between processes: slower for a chunk.
-        cursor.execute("set local max_parallel_workers_per_gather = 0")
-        cursor.execute(statement, params)
-        rows, raw_keys, raw_matrix = (cursor.pgresult.get_value(0, i) for i in range(3))
-    # The result is freed here: at most one raw copy and one converted copy live at a time.
-    rows = int.from_bytes(rows, "big", signed=True)
-    if rows == 0:
-        return np.empty(0, dtype=np.int64), np.empty((0, len(columns)), dtype=np.float64)
-    keys = _array_elements(raw_keys, ">i8", (rows,))
-    matrix = _array_elements(raw_matrix, ">f8", (rows, len(columns)))
-    if keys is None or matrix is None:
-        return None
-    return keys.astype(np.int64), matrix.astype(np.float64)
-
-
-def _array_elements(raw: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The elements of a binary array without NULLs, in `shape`. Layout: dimension count, has-NULL
-    flag, element type, (length, lower bound) per dimension, then each element after its length."""
-    dimensions, has_null = struct.unpack_from(">ii", raw)
-    if has_null or dimensions != len(shape):
-        return None
-    header = 12 + 8 * dimensions
-    if struct.unpack_from(f">{'ii' * dimensions}", raw, 12)[::2] != shape:
-        return None
-    elements = np.frombuffer(
-        raw, dtype=np.dtype([("length", ">i4"), ("value", dtype)]), offset=header, count=int(np.prod(shape))
-    )
-    return elements["value"].reshape(shape)

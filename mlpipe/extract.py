@@ -10,7 +10,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from mlpipe.copyio import NUMERIC_BLOCK_TYPES, copy_out, read_numeric_block
+from mlpipe.copyio import copy_out
 from mlpipe.errors import SourceError
 from mlpipe.spec import JobSpec
 
@@ -130,12 +130,20 @@ def _params(as_of: date, chunk: Chunk | None = None) -> dict:
     return params
 
 
-def check_features_source(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> bool:
-    """Fail before any work when the features SQL does not return what the spec describes. Returns
-    whether the chunks can be read as one numeric block (an integer key and integer or double
-    precision features, the fast path)."""
-    types = check_source_columns(conn, spec, features_query(spec), _params(as_of))
-    return all(oid in NUMERIC_BLOCK_TYPES for oid in types.values())
+def check_features_source(conn: psycopg.Connection, spec: JobSpec, as_of: date) -> None:
+    """Fail before any work when the features SQL does not return what the spec describes."""
+    check_source_columns(conn, spec, features_query(spec), _params(as_of))
+
+
+# The SQL type each column is read as: every accepted source type converts to it exactly (integers
+# up to 2**53; numeric and real as their text would parse), so the reader sees one type per kind.
+_READ_AS = {
+    "numeric": "float8",
+    "categorical": "text",
+    "boolean": "boolean",
+    "bigint": "bigint",
+    "text": "text",
+}
 
 
 def read_features(
@@ -143,38 +151,22 @@ def read_features(
     spec: JobSpec,
     as_of: date,
     chunk: Chunk | None = None,
-    numeric_block: bool = False,
     keys_table: str | None = None,
 ) -> pd.DataFrame:
-    """Raw feature rows as of `as_of` for one chunk (or everything): as one binary numeric block
-    when the source allows and has no NULLs in this chunk, else streamed out with COPY as CSV and
-    parsed by Arrow. Both give the same frame: the key, then each feature as float64."""
-    if numeric_block:
-        try:
-            block = read_numeric_block(
-                conn,
-                features_query(spec, chunk, keys_table),
-                _params(as_of, chunk),
-                spec.entity.key,
-                list(spec.features),
-            )
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
-            raise SourceError(f"job {spec.name}: reading features as of {as_of} failed: {exc}") from exc
-        if block is not None:
-            keys, values = block
-            frame = pd.DataFrame(values, columns=list(spec.features), copy=False)
-            frame.insert(0, spec.entity.key, keys)
-            return frame
+    """Raw feature rows as of `as_of` for one chunk (or everything), read in binary into Arrow
+    (copyio.copy_out): the key, then each feature (numbers as float64, categories as strings)."""
+    kinds = {spec.entity.key: spec.entity.type} | {name: f.kind for name, f in spec.features.items()}
+    columns = sql.SQL(", ").join(
+        sql.SQL("source.{}::{}").format(sql.Identifier(name), sql.SQL(_READ_AS[kind]))  # constants
+        for name, kind in kinds.items()
+    )
+    query = sql.SQL("select {} from ({}) as source").format(columns, features_query(spec, chunk, keys_table))
     try:
-        table = copy_out(
-            conn, features_query(spec, chunk, keys_table), _params(as_of, chunk), source_types(spec)
-        )
+        table = copy_out(conn, query, _params(as_of, chunk), source_types(spec))
     except psycopg.OperationalError:
         raise  # the connection, not the SQL: the chunk task retries it
-    except (psycopg.Error, pa.ArrowInvalid) as exc:
-        if isinstance(exc, pa.ArrowInvalid):  # a type the spec does not describe: name the column
+    except psycopg.Error as exc:
+        if isinstance(exc, psycopg.errors.DataException):  # a value its column's type cannot take
             check_source_columns(conn, spec, features_query(spec), _params(as_of))
         raise SourceError(f"job {spec.name}: reading features as of {as_of} failed: {exc}") from exc
     # An integer key with a NULL in it would become float64 (NaN): keep it an exact, nullable integer.

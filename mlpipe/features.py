@@ -91,29 +91,33 @@ def to_matrix(frame: pd.DataFrame, spec: JobSpec) -> np.ndarray:
     zero_filled = {n: frame[n].fillna(0) for n, f in spec.features.items() if f.missing == "zero"}
     if zero_filled:  # derived functions see the same cleaned values as the model
         frame = frame.assign(**zero_filled)
-    if all(f.kind == "numeric" for f in spec.features.values()):
-        # Filled column by column: no intermediate copy of the whole frame.
-        numbers = np.empty((len(frame), len(spec.features)), dtype=np.float32)
-        for j, name in enumerate(spec.features):
-            numbers[:, j] = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
-        parts = [numbers]
-    else:
-        parts = []
-        for name, feature in spec.features.items():
-            column = frame[name]
-            if feature.kind == "categorical":
-                values = column.to_numpy(dtype=object)
-                parts += [(values == category).astype(np.float32) for category in feature.categories]
-                continue
-            parts.append(column.to_numpy(dtype=np.float32, na_value=np.nan))
+    # One array filled block by block: no intermediate copy of the frame or of the matrix.
+    out = np.empty((len(frame), len(matrix_columns(spec))), dtype=np.float32)
+    at = 0
+    for name, feature in spec.features.items():
+        column = frame[name]
+        if feature.kind == "categorical":
+            one_hot(column, feature.categories, out[:, at : at + len(feature.categories)])
+            at += len(feature.categories)
+        else:
+            out[:, at] = column.to_numpy(dtype=np.float32, na_value=np.nan)
+            at += 1
     for name, function in spec.derived_functions.items():
         values = np.asarray(function(frame), dtype=np.float32)
         if values.shape != (len(frame),):
             raise SourceError(f"job {spec.name}: derived feature {name} returned shape {values.shape}")
-        parts.append(values[:, None])
-    if not parts or len(frame) == 0:
-        return np.empty((len(frame), len(matrix_columns(spec))), dtype=np.float32)
-    return parts[0] if len(parts) == 1 else np.column_stack(parts)
+        out[:, at] = values
+        at += 1
+    return out
+
+
+def one_hot(column: pd.Series, categories: list[str], out: np.ndarray) -> None:
+    """Fill `out` (rows, categories) with indicators, all zeros for a missing or unknown value: one
+    hash lookup per row, whatever the number of categories."""
+    codes = pd.Categorical(column, categories=categories).codes
+    out[:] = 0.0
+    known = codes >= 0
+    out[np.flatnonzero(known), codes[known]] = 1.0
 
 
 def baseline_values(matrix: np.ndarray, spec: JobSpec) -> np.ndarray:

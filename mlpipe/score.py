@@ -103,7 +103,7 @@ class ScoringRun:
         self.model = registry.resolve(conn, spec.name, model_version)
         self._check_model(self.model)
         self.challenger = self._challenger()
-        self.numeric_block = check_features_source(conn, spec, as_of)
+        check_features_source(conn, spec, as_of)
         if not self._resume_crashed_run():
             self._new_run()
         log.info(
@@ -266,7 +266,6 @@ class ScoringRun:
             challenger=self.challenger,
             shadow_table=self.shadow_table,
             challenger_share=self.challenger_share if self.challenger else 0.0,
-            numeric_block=self.numeric_block,
             reasons=self.spec.outputs.reasons,
         )
 

@@ -93,7 +93,7 @@ class TopUp(ScoringRun):
         self._check_model(self.model)
         self.challenger = self._day_challenger(challenger_id, mode)
         self.moment = conn.execute("select now()").fetchone()[0]
-        self.numeric_block = check_features_source(conn, spec, self.moment)
+        check_features_source(conn, spec, self.moment)
         self.spec_digest = spec_digest(spec)
         self.run_id = runs.start(
             conn,

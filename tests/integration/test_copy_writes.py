@@ -66,3 +66,40 @@ def test_text_keys_keep_the_default_version(conn):
         ("a-1", 0.0, False, 0.0, "default", [{"feature": "a", "contribution": 0.0}]),
         ("b-2", 0.75, True, 90.0, "default", [{"feature": "a", "contribution": 1.5}]),
     ]
+
+
+def test_text_keys_of_any_width_with_a_version_and_reasons_in_one_binary_copy(conn):
+    _table(conn, "text")
+    keys = np.array(["", "é", "k" * 300, "cust-1", "a\tb\nc"], dtype=object)
+    n = len(keys)
+    reasons = ReasonWriter(["a", "b"], 1).encode(np.arange(2 * n, dtype=np.float32).reshape(n, 2) / 8)
+    copy_predictions(
+        conn,
+        "mlpipe_data",
+        "written",
+        keys,
+        np.linspace(0, 1, n),
+        np.arange(n) % 2 == 0,
+        np.arange(n, dtype=np.float32),
+        model_version="mixed-v2",
+        reasons=reasons,
+    )
+    written = {row[0]: row[1:] for row in _written(conn)}
+    assert set(written) == set(keys)
+    for i, key in enumerate(keys):
+        assert written[key] == (
+            np.linspace(0, 1, n)[i],
+            i % 2 == 0,
+            float(i),
+            "mixed-v2",
+            [{"feature": "b", "contribution": (2 * i + 1) / 8}],
+        )
+
+
+def test_nothing_to_write_writes_nothing(conn):
+    _table(conn, "text")
+    empty = np.array([], dtype=object)
+    copy_predictions(
+        conn, "mlpipe_data", "written", empty, np.array([]), np.array([], bool), np.array([], np.float32)
+    )
+    assert _written(conn) == []

@@ -118,3 +118,14 @@ def test_baseline_rule_follows_its_direction_and_fills_missing(churn):
     matrix = to_matrix(frame(), churn)
     values = baseline_values(matrix, churn)  # days_since_last_session, higher is positive
     assert values.tolist() == [1.0, 2.5, 4.0]
+
+
+def test_one_hot_is_the_indicator_of_each_category_zero_for_missing_and_unknown():
+    from mlpipe.features import one_hot
+
+    categories = [f"c{i}" for i in range(50)]
+    values = pd.Series(["c3", None, "zz", "c49", "c3", "c0"], dtype="str")
+    out = np.full((len(values), len(categories)), 7.0, dtype=np.float32)
+    one_hot(values, categories, out)
+    naive = np.column_stack([(values.to_numpy(dtype=object) == c).astype(np.float32) for c in categories])
+    assert np.array_equal(out, naive) and out.sum() == 4

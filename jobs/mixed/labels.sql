@@ -1,0 +1,4 @@
+select
+    mixed.entity_id,
+    mixed.label
+from demo.mixed as mixed

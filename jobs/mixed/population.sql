@@ -1,0 +1,2 @@
+select mixed.entity_id
+from demo.mixed as mixed
