@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.integration]
 # the query that says the run has reached the point, its parameters).
 KILL_POINTS = {
     # a chunk's COPY of its features waits on demo.events (locked after planning, which reads it too)
-    "during_extract": ("demo.events", "access exclusive", True, WAITING_ON, ["copy (select%"]),
+    "during_extract": ("demo.events", "access exclusive", True, WAITING_ON, ["select source.%"]),
     # a chunk has copied its rows into the run table; recording the chunk waits
     "during_write": ("mlpipe.run_chunks", "exclusive", False, WAITING_ON, ["insert into mlpipe.run_chunks%"]),
     # publish can never complete: some chunks are done, or all of them
@@ -129,7 +129,7 @@ def _descendants_once_running(db_url, conn, day, tmp_path):
         with connection(db_url) as blocker, killed_at_the_end(proc):
             wait_for(conn, RUN_STARTED, [], proc)
             blocker.execute("lock table demo.events in access exclusive mode")  # a chunk's extract waits
-            wait_for(conn, WAITING_ON, ["copy (select%"], proc)
+            wait_for(conn, WAITING_ON, ["select source.%"], proc)
             server = managed.running(settings)
             assert server is not None, "the command started the managed Prefect server"
             children = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.pid != server.pid]

@@ -22,7 +22,7 @@ def _block_extract_and_start(db_url, conn, prefect_api, day):
     proc = start_cli_score(db_url, prefect_api, day)
     wait_for(conn, RUN_STARTED, [], proc)
     blocker.execute("lock table demo.events in access exclusive mode")
-    wait_for(conn, WAITING_ON, ["copy (select%"], proc)
+    wait_for(conn, WAITING_ON, ["select source.%"], proc)
     return blocker, proc
 
 
@@ -33,7 +33,7 @@ def test_a_connection_dropped_mid_chunk_is_retried(db_url, conn, prefect_api):
     try:
         killed = conn.execute(
             """select count(pg_terminate_backend(pid)) from pg_stat_activity
-               where wait_event_type = 'Lock' and query ilike 'copy (select%%'"""
+               where wait_event_type = 'Lock' and query ilike 'select source.%%'"""
         ).fetchone()[0]
         assert killed == 1
         blocker.rollback()
