@@ -108,6 +108,7 @@ def worker_script(day: date, job: str) -> dict:
 
     import adbc_driver_postgresql.dbapi as adbc
     import numpy as np
+    import psycopg
     import pyarrow as pa
     import pyarrow.compute as pc
     from psycopg import sql
@@ -140,10 +141,10 @@ def worker_script(day: date, job: str) -> dict:
             sql.SQL(", ").join(map(sql.Identifier, spec.features)), table
         )
         queries = [
-            conn.cursor().mogrify(select, [lo, hi]) if hi is not None else None
+            psycopg.ClientCursor(conn).mogrify(select, [lo, hi]) if hi is not None else None
             for lo, hi in zip(bounds, [*bounds[1:], None], strict=True)
         ]
-        queries[-1] = conn.cursor().mogrify(
+        queries[-1] = psycopg.ClientCursor(conn).mogrify(
             sql.SQL("select entity_id, {} from {} where entity_id >= %s").format(
                 sql.SQL(", ").join(map(sql.Identifier, spec.features)), table
             ),
