@@ -253,7 +253,10 @@ def index_run_table(conn: psycopg.Connection, table: str) -> None:
         # The default 64MB makes a 10M-row sort spill to disk; this is the server's memory, for seconds.
         conn.execute("set local maintenance_work_mem = '512MB'")
         conn.execute(sql.SQL("alter table {} add primary key (entity_id, as_of)").format(target))
-    conn.execute(sql.SQL("analyze {}").format(target))
+        # Lookups need only the unique index; the statistics serve analysts' queries on history, for
+        # which a 3,000-row sample does (the default 30,000 reads every page of a 1M-row table).
+        conn.execute("set local default_statistics_target = 10")
+        conn.execute(sql.SQL("analyze {}").format(target))
 
 
 def drop_run_table(conn: psycopg.Connection, table: str | None) -> None:
