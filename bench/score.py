@@ -59,7 +59,14 @@ def worker_mlpipe(day: date, job: str) -> dict:
     result = score_flow(job=job, as_of=day)
     wall = time.perf_counter() - started
     seconds = result["timings"]["total_s"]
-    return {"rows": result["rows_scored"], "seconds": seconds, "wall_s": wall, "peak_rss_mb": _peak_rss_mb()}
+    timings = result["timings"]  # per stage, from mlpipe.runs
+    return {
+        "rows": result["rows_scored"],
+        "seconds": seconds,
+        "wall_s": wall,
+        "peak_rss_mb": _peak_rss_mb(),
+        "timings": timings,
+    }
 
 
 def worker_naive(day: date, job: str) -> dict:
@@ -418,6 +425,7 @@ def _print(shape: str, size: int, results: dict, explain: dict | None) -> None:
             f"{r['peak_rss_mb']:>14,.0f}",
             flush=True,
         )
+    print(f"mlpipe stage timings: {results['mlpipe'].get('timings')}", flush=True)
     if explain:
         print(
             "\nexplaining one chunk (rows/s): "

@@ -174,6 +174,11 @@ def read_features(
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get if nullable_key else None)
 
 
+# Key quantiles one planning pass returns: chunk bounds land on them, so a chunk holds chunk_rows
+# give or take population / _PLAN_GRID rows.
+_PLAN_GRID = 4096
+
+
 def plan_chunks(
     conn: psycopg.Connection,
     spec: JobSpec,
@@ -182,31 +187,34 @@ def plan_chunks(
     population: sql.Composable | None = None,
 ) -> tuple[int, list[Chunk]]:
     """Count the population as of `as_of` (the job's, or the keys `population` selects) and cut its
-    keys into ranges of about chunk_rows."""
+    keys into ranges of about chunk_rows, in one pass: the count and a grid of key quantiles (one
+    sort of the keys, no numbering of every row)."""
     population = population or sql.SQL(spec.sql("population"))
-    key = sql.Identifier(spec.entity.key)
+    key = sql.SQL("population.{}").format(sql.Identifier(spec.entity.key))
     try:
-        count = conn.execute(
-            sql.SQL("select count(*) from ({}) as population").format(population), _params(as_of)
-        ).fetchone()[0]
-        bounds = [
-            row[0]
-            for row in conn.execute(
+        with conn.transaction():
+            # The keys' sort stays in memory up to a few million keys; this is the server's, for a second.
+            conn.execute("set local work_mem = '64MB'")
+            count, keyed, grid = conn.execute(
                 sql.SQL(
-                    "select {key} from ("
-                    " select population.{key}, row_number() over (order by population.{key}) as position"
-                    " from ({population}) as population where population.{key} is not null"
-                    ") as numbered where (position - 1) %% %(chunk_rows)s = 0 order by 1"
+                    "select count(*), count({key}), percentile_disc(%(grid)s::float8[]) within group "
+                    "(order by {key}) from ({population}) as population"
                 ).format(key=key, population=population),
-                {**_params(as_of), "chunk_rows": chunk_rows},
-            )
-        ]
+                {**_params(as_of), "grid": [i / _PLAN_GRID for i in range(_PLAN_GRID)]},
+            ).fetchone()
     except psycopg.Error as exc:
         raise SourceError(
             f"job {spec.name}: the population SQL failed as of {as_of}: {str(exc).strip()}"
         ) from exc
-    if not bounds:
+    if not keyed:
         return count, [Chunk(0, None, None, True)]
+    # grid[g] is the key at 0-based position ceil(g * keyed / _PLAN_GRID) - 1: each chunk starts at
+    # the grid point at or just before a multiple of chunk_rows (exactly on it up to _PLAN_GRID keys).
+    bounds = [grid[0]]
+    for position in range(chunk_rows, keyed, chunk_rows):
+        bound = grid[min((position + 1) * _PLAN_GRID // keyed, _PLAN_GRID - 1)]
+        if bound > bounds[-1]:
+            bounds.append(bound)
     highs = [*bounds[1:], None]
     lows = [None, *bounds[1:]]  # the first chunk has no lower bound
     chunks = [

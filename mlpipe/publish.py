@@ -1,7 +1,14 @@
-"""Publishing: a run's table becomes the day's history partition and, for the newest day, the view.
+"""Publishing: a run's table becomes the day's history partition and, for the newest day, the live one.
 
-Everything readers see changes in one short transaction. It waits at most lock_timeout for readers
-(and makes new readers wait no longer than that), then backs off and tries again.
+predictions.<job> is a view that is created once and never replaced: it reads mlpipe_data.<job>_live,
+an inheritance parent whose children are day tables, filtered on the table mlpipe.live_views names.
+Publishing moves that pointer row and makes the new table a child of <job>_live and of <job>_history
+(inheritance, not declarative partitions: a table can have two parents, and ALTER TABLE INHERIT takes
+only SHARE UPDATE EXCLUSIVE on a parent). Readers hold ACCESS SHARE, which conflicts with neither, so
+a publish never waits for them, even behind a long reader, and they never wait for it. The table that
+stops being live leaves <job>_live afterwards, when no reader holds it (NOWAIT: never queued ahead of
+readers); until then the pointer hides it. Replacing a table (re-running a day, retention) needs it
+exclusively: that waits, with NOWAIT and retries, only for readers of that table.
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date
 from typing import Literal, TypeVar
 
 import psycopg
@@ -28,6 +35,9 @@ ANALYST_ROLE = "mlpipe_analyst"
 WRITER_ROLE = "mlpipe_writer"
 _KEY_SQL_TYPES = {"bigint": sql.SQL("bigint"), "text": sql.SQL("text")}
 Kind = Literal["published", "shadow"]
+# What every published row carries, in the view's order: the one list the view, the lookup function
+# and the top-up's insert follow.
+VIEW_COLUMNS = ("entity_id", "score", "decision", "percentile", "model_version", "as_of", "run_id", "reasons")
 T = TypeVar("T")
 
 
@@ -39,6 +49,11 @@ def shadow_name(spec: JobSpec) -> str:
     return f"{spec.name}_shadow"
 
 
+def live_name(spec: JobSpec) -> str:
+    """mlpipe_data.<job>_live: the parent predictions.<job> reads; its children are day tables."""
+    return f"{spec.name}_live"
+
+
 # One row for any key: the published row first, else the entity's segment's rate, else the base rate.
 # UNION ALL under LIMIT 1: Append runs its branches in order (the function is parallel unsafe, so the
 # plan is never a parallel append), so a scored key costs one index lookup and the fallback branch is
@@ -46,9 +61,7 @@ def shadow_name(spec: JobSpec) -> str:
 # SQL, stable, not security definer): it costs what a lookup through the view costs.
 _BODY = """
 (
-    select published.entity_id, published.score, published.decision, published.percentile,
-           published.model_version, published.as_of, published.run_id, published.reasons,
-           'model'::text as source
+    select {published_columns}, 'model'::text as source
     from {view} as published
     where published.entity_id = $1
 )
@@ -105,7 +118,11 @@ def ensure_function(conn: psycopg.Connection, spec: JobSpec) -> None:
     if found[0] is not None or found[1] is None:
         return
     function = sql.Identifier(PUBLIC_SCHEMA, function_name(spec))
-    body = sql.SQL(_BODY).format(view=view, fallback=sql.Identifier(PUBLIC_SCHEMA, fallback_name(spec)))
+    body = sql.SQL(_BODY).format(
+        view=view,
+        fallback=sql.Identifier(PUBLIC_SCHEMA, fallback_name(spec)),
+        published_columns=sql.SQL(", ").join(sql.Identifier("published", c) for c in VIEW_COLUMNS),
+    )
     conn.execute(
         sql.SQL(
             "create function {function}(key {key_type}, segment text default null) "
@@ -161,20 +178,24 @@ def ensure_job_tables(conn: psycopg.Connection, spec: JobSpec) -> None:
     """predictions.<job>_history (readers may select it), <job>_fallback and <job>_for (readers), and,
     when the job shadows a challenger, predictions.<job>_shadow (analysts only: frontends never read
     a challenger)."""
-    tables = [(history_name(spec), READER_ROLE)]
+    tables = [(PUBLIC_SCHEMA, history_name(spec), READER_ROLE), (DATA_SCHEMA, live_name(spec), None)]
     if spec.outputs.shadow:
-        tables.append((shadow_name(spec), ANALYST_ROLE))
-    for name, role in tables:
-        table = sql.Identifier(PUBLIC_SCHEMA, name)
+        tables.append((PUBLIC_SCHEMA, shadow_name(spec), ANALYST_ROLE))
+    for schema, name, role in tables:
+        table = sql.Identifier(schema, name)
         if conn.execute("select to_regclass(%s)", [table.as_string(conn)]).fetchone()[0] is None:
+            # An inheritance parent, partitioned by as_of through its children's checks (constraint
+            # exclusion prunes them); its own rows are refused, they belong in the day tables.
             conn.execute(
                 sql.SQL(
-                    "create table if not exists {} ({}, primary key (entity_id, as_of)) "
-                    "partition by range (as_of)"
+                    "create table if not exists {} ({}, constraint rows_live_in_day_tables check (false) "
+                    "no inherit)"
                 ).format(table, _columns(spec))
             )
             # Only when new: changing the owner locks out readers, and an existing one is the writer's.
             _hand_to_writer(conn, "table", table)
+        if role is None:
+            continue
         if role == ANALYST_ROLE:  # default privileges granted it to readers too: take that back
             conn.execute(sql.SQL("revoke all on {} from {}").format(table, sql.Identifier(READER_ROLE)))
         conn.execute(sql.SQL("grant select on {} to {}").format(table, sql.Identifier(role)))
@@ -197,9 +218,9 @@ def create_run_table(
     kind: Kind = "published",
 ) -> str:
     """The run's own table. Constant columns come from defaults so COPY only sends what varies, and
-    the check on as_of lets ATTACH PARTITION skip its validation scan at publish time. Autovacuum
+    the check on as_of lets queries on history skip the other days (constraint exclusion). Autovacuum
     stays off: the table is written once and analyzed by the run, and an autovacuum worker on it would
-    hold the lock that ATTACH needs, stalling publish for seconds (anti-wraparound vacuums still run)."""
+    hold the lock that INHERIT needs, stalling publish for seconds (anti-wraparound vacuums still run)."""
     name = run_table_name(spec, run_id, kind)
     target = sql.Identifier(DATA_SCHEMA, name)
     conn.execute(
@@ -232,7 +253,10 @@ def index_run_table(conn: psycopg.Connection, table: str) -> None:
         # The default 64MB makes a 10M-row sort spill to disk; this is the server's memory, for seconds.
         conn.execute("set local maintenance_work_mem = '512MB'")
         conn.execute(sql.SQL("alter table {} add primary key (entity_id, as_of)").format(target))
-    conn.execute(sql.SQL("analyze {}").format(target))
+        # Lookups need only the unique index; the statistics serve analysts' queries on history, for
+        # which a 3,000-row sample does (the default 30,000 reads every page of a 1M-row table).
+        conn.execute("set local default_statistics_target = 10")
+        conn.execute(sql.SQL("analyze {}").format(target))
 
 
 def drop_run_table(conn: psycopg.Connection, table: str | None) -> None:
@@ -291,12 +315,10 @@ def publish(
     attempts: int,
     shadow_table: str | None = None,
 ) -> bool:
-    """Swap the run's table in as the day's partition (and its shadow table, if any); move the view
-    if the day is the newest. Returns whether the view moved. `conn` must not be in a transaction."""
+    """Swap the run's table in as the day's partition (and its shadow table, if any); make it the live
+    one if the day is the newest. Returns whether the view moved. `conn` must not be in a transaction."""
 
     def swap() -> bool:
-        # Readers of the view wait from the moment it is replaced until commit, so everything else
-        # (attach, bookkeeping) comes first and the view last: the stall is a few catalog writes.
         if shadow_table:
             drop_run_table(conn, _attach(conn, spec, as_of, run_id, shadow_table, "shadow"))
         newest, live = conn.execute(
@@ -310,10 +332,12 @@ def publish(
         runs.mark_published(conn, run_id)
         if moves_view:
             _point_view(conn, spec, as_of, run_id, table, f"published run {run_id}")
-        drop_run_table(conn, replaced)  # after the view has left it, when it was the live day
+        drop_run_table(conn, replaced)  # _attach holds it exclusively already; the pointer has left it
         return moves_view
 
-    return _retrying(conn, f"publish {spec.name} for {as_of}", lock_timeout_ms, attempts, swap)
+    moved = _retrying(conn, f"publish {spec.name} for {as_of}", lock_timeout_ms, attempts, swap)
+    retire_live_tables(conn, spec)
+    return moved
 
 
 def insert_into_day(
@@ -330,8 +354,7 @@ def insert_into_day(
     """A top-up: the run's rows into the day's published partition in one transaction, rows only (no
     DDL on anything readers touch: they never wait); then its own tables (`drop`) go. Returns the
     rows inserted; an entity the day has by then keeps its row."""
-    names = ("entity_id", "score", "decision", "percentile", "model_version", "as_of", "run_id", "reasons")
-    columns = sql.SQL(", ").join(map(sql.Identifier, names))
+    columns = sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS))
 
     def insert() -> int:
         row = conn.execute(
@@ -362,28 +385,30 @@ def insert_into_day(
     return _retrying(conn, f"top up {spec.name} for {as_of}", lock_timeout_ms, attempts, insert)
 
 
+def _lock_nowait(conn: psycopg.Connection, table: str) -> None:
+    """Take a day table exclusively or fail at once (LockNotAvailable): a request that waited would
+    queue every new reader of that table behind it."""
+    conn.execute(
+        sql.SQL("lock table {} in access exclusive mode nowait").format(sql.Identifier(DATA_SCHEMA, table))
+    )
+
+
 def _attach(
     conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str, kind: Kind
 ) -> str | None:
-    """Make `table` the day's partition of history (or shadow). Returns the table it replaced, now
-    detached, for the caller to drop once nothing reads it."""
+    """Make `table` the day's child of history (or shadow). Returns the table it replaced, no longer a
+    child of history and held exclusively, for the caller to drop once nothing points at it."""
     parent = sql.Identifier(PUBLIC_SCHEMA, history_name(spec) if kind == "published" else shadow_name(spec))
     row = conn.execute(
         "select table_name from mlpipe.partitions where job = %s and kind = %s and as_of = %s for update",
         [spec.name, kind, as_of],
     ).fetchone()
     if row:
+        _lock_nowait(conn, row[0])
         conn.execute(
-            sql.SQL("alter table {} detach partition {}").format(parent, sql.Identifier(DATA_SCHEMA, row[0]))
+            sql.SQL("alter table {} no inherit {}").format(sql.Identifier(DATA_SCHEMA, row[0]), parent)
         )
-    conn.execute(
-        sql.SQL("alter table {} attach partition {} for values from ({}) to ({})").format(
-            parent,
-            sql.Identifier(DATA_SCHEMA, table),
-            sql.Literal(as_of),
-            sql.Literal(as_of + timedelta(days=1)),
-        )
-    )
+    conn.execute(sql.SQL("alter table {} inherit {}").format(sql.Identifier(DATA_SCHEMA, table), parent))
     conn.execute(
         """insert into mlpipe.partitions (job, kind, as_of, run_id, table_name) values (%s, %s, %s, %s, %s)
            on conflict (job, kind, as_of) do update
@@ -393,26 +418,79 @@ def _attach(
     return row[0] if row else None
 
 
+def _ensure_view(conn: psycopg.Connection, spec: JobSpec) -> None:
+    """predictions.<job> over <job>_live, created once (or once moved there from a view of an older
+    release, which pointed at a day table): publishing never replaces it."""
+    view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
+    live = sql.Identifier(DATA_SCHEMA, live_name(spec))
+    over_live = conn.execute(
+        """select exists (select from pg_depend d join pg_rewrite r on r.oid = d.objid
+                          where r.ev_class = to_regclass(%s) and d.refobjid = to_regclass(%s))""",
+        [view.as_string(conn), live.as_string(conn)],
+    ).fetchone()[0]
+    if over_live:
+        return
+    columns = sql.SQL(", ").join(sql.Identifier("live", c) for c in VIEW_COLUMNS)
+    # The pointer is read once per lookup (an InitPlan); a child it does not name is filtered out.
+    conn.execute(
+        sql.SQL(
+            "create or replace view {view} as select {columns} from {live} as live "
+            "where live.tableoid = (select v.live_table from mlpipe.live_views as v where v.job = {job})"
+        ).format(view=view, columns=columns, live=live, job=sql.Literal(spec.name))
+    )
+    _hand_to_writer(conn, "view", view)
+    conn.execute(sql.SQL("grant select on {} to {}").format(view, sql.Identifier(READER_ROLE)))
+
+
 def _point_view(
     conn: psycopg.Connection, spec: JobSpec, as_of: date, run_id: int, table: str, reason: str
 ) -> None:
+    """Make `table` the live day: a child of <job>_live, and the one the pointer names (rows only)."""
     _refresh_fallback(conn, spec, as_of, run_id)  # rows only: readers of the function never wait
-    view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
-    conn.execute(
-        sql.SQL(
-            "create or replace view {} as select entity_id, score, decision, percentile, model_version, "
-            "as_of, run_id, reasons from {}"
-        ).format(view, sql.Identifier(DATA_SCHEMA, table))
-    )
-    _hand_to_writer(conn, "view", view)  # the replace holds the view's lock already; same owner: no-op
-    conn.execute(sql.SQL("grant select on {} to {}").format(view, sql.Identifier(READER_ROLE)))
+    _ensure_view(conn, spec)
+    live, target = sql.Identifier(DATA_SCHEMA, live_name(spec)), sql.Identifier(DATA_SCHEMA, table)
+    child = conn.execute(
+        """select exists (select from pg_inherits
+                          where inhrelid = to_regclass(%s) and inhparent = to_regclass(%s))""",
+        [target.as_string(conn), live.as_string(conn)],
+    ).fetchone()[0]
+    if not child:  # a rollback may point back at a table that has not left yet
+        conn.execute(sql.SQL("alter table {} inherit {}").format(target, live))
     ensure_function(conn, spec)  # the first publish: its body needs the view
     conn.execute(
-        """insert into mlpipe.live_views (job, as_of, run_id, reason) values (%s, %s, %s, %s)
+        """insert into mlpipe.live_views (job, as_of, run_id, reason, live_table)
+           values (%s, %s, %s, %s, to_regclass(%s))
            on conflict (job) do update set as_of = excluded.as_of, run_id = excluded.run_id,
-               reason = excluded.reason, changed_at = now()""",
-        [spec.name, as_of, run_id, reason],
+               reason = excluded.reason, live_table = excluded.live_table, changed_at = now()""",
+        [spec.name, as_of, run_id, reason, target.as_string(conn)],
     )
+
+
+def retire_live_tables(conn: psycopg.Connection, spec: JobSpec) -> int:
+    """Children of <job>_live that the pointer no longer names leave it, each in its own transaction,
+    unless a reader still holds one (NOWAIT: it stays, hidden by the pointer, until the next publish or
+    retention). Keeps a lookup at one index probe. Returns how many are left behind."""
+    live = sql.Identifier(DATA_SCHEMA, live_name(spec))
+    stale = conn.execute(
+        """select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
+           where i.inhparent = to_regclass(%s)
+             and i.inhrelid is distinct from (select live_table from mlpipe.live_views where job = %s)""",
+        [live.as_string(conn), spec.name],
+    ).fetchall()
+    left = 0
+    for (name,) in stale:
+        try:
+            with conn.transaction():
+                _lock_nowait(conn, name)
+                conn.execute(
+                    sql.SQL("alter table {} no inherit {}").format(sql.Identifier(DATA_SCHEMA, name), live)
+                )
+        except errors.LockNotAvailable:
+            left += 1
+            log.info(
+                "%s is still read by a transaction; it leaves %s at the next publish", name, live_name(spec)
+            )
+    return left
 
 
 def republish_latest(
@@ -443,6 +521,7 @@ def republish_latest(
         attempts,
         lambda: _point_view(conn, spec, as_of, run_id, table, reason),
     )
+    retire_live_tables(conn, spec)
     return as_of
 
 
@@ -451,6 +530,7 @@ def apply_retention(
 ) -> list[date]:
     """Drop history (and shadow) partitions older than outputs.history_days before the newest
     published day; the day the view shows is always kept. Returns the days dropped."""
+    retire_live_tables(conn, spec)  # one a reader held at publish time may be free by now
     rows = conn.execute(
         """select p.kind, p.as_of, p.table_name from mlpipe.partitions p
            where p.job = %(job)s
@@ -462,13 +542,8 @@ def apply_retention(
     ).fetchall()
 
     def drop(kind: str, as_of: date, table: str) -> None:
-        parent = history_name(spec) if kind == "published" else shadow_name(spec)
-        conn.execute(
-            sql.SQL("alter table {} detach partition {}").format(
-                sql.Identifier(PUBLIC_SCHEMA, parent), sql.Identifier(DATA_SCHEMA, table)
-            )
-        )
-        drop_run_table(conn, table)
+        _lock_nowait(conn, table)
+        drop_run_table(conn, table)  # leaves its parents with it
         conn.execute(
             "delete from mlpipe.partitions where job = %s and kind = %s and as_of = %s",
             [spec.name, kind, as_of],

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import psycopg
 import pytest
 
+from mlpipe import publish
 from mlpipe.db import connection
 from mlpipe.errors import (
     ArtifactError,
@@ -142,8 +147,8 @@ def test_too_many_bad_rows_stop_the_run_before_publish(conn):
     ).fetchone()
     assert failed[0] == "failed" and "previous predictions stay live" in failed[1]
     leftovers = conn.execute(
-        "select count(*) from pg_tables where schemaname = 'mlpipe_data' and tablename <> %s",
-        [f"churn_r{before['run_id']}"],
+        "select count(*) from pg_tables where schemaname = 'mlpipe_data' and tablename <> all(%s)",
+        [[f"churn_r{before['run_id']}", "churn_live"]],  # the job's live parent stays
     ).fetchone()[0]
     assert leftovers == 0, "a failed run drops its table"
 
@@ -185,6 +190,53 @@ def test_a_reader_holding_the_view_delays_publish_but_never_sees_a_mix(db_url, c
     assert {r[5] for r in published(conn).values()} == {again["run_id"]}
 
 
+def test_a_reader_in_an_open_transaction_does_not_delay_a_new_day_and_lookups_never_see_a_mix(
+    db_url, conn, monkeypatch
+):
+    first = score("churn", days_ago(2))
+    keys = sorted(published(conn))[:50]
+    # One attempt of 20 ms: a publish that waited for the reader below would fail.
+    monkeypatch.setenv("MLPIPE_LOCK_TIMEOUT_MS", "20")
+    monkeypatch.setenv("MLPIPE_PUBLISH_RETRIES", "1")
+    seen, failures, stop = [], [], threading.Event()
+
+    def look_up() -> None:
+        with connection(db_url, autocommit=True) as reader:
+            while not stop.is_set():
+                try:
+                    seen.append(
+                        reader.execute(
+                            "select run_id, count(*) from predictions.churn "
+                            "where entity_id = any(%s) group by 1",
+                            [keys],
+                        ).fetchall()
+                    )
+                except psycopg.Error as exc:
+                    failures.append(exc)
+
+    with connection(db_url) as holder:
+        holder.execute("select count(*) from predictions.churn")  # holds the view and the live day
+        looker = threading.Thread(target=look_up)
+        looker.start()
+        try:
+            second = score("churn", days_ago(1))
+            time.sleep(0.3)  # lookups after the publish too
+        finally:
+            stop.set()
+            looker.join()
+        assert second["view_moved"]
+        live = "select count(*) from pg_inherits where inhparent = 'mlpipe_data.churn_live'::regclass"
+        assert conn.execute(live).fetchone()[0] == 2, "the held table waits, hidden, to leave"
+        holder.rollback()
+
+    assert not failures
+    answers = {tuple(rows) for rows in seen}
+    assert answers == {((first["run_id"], 50),), ((second["run_id"], 50),)}, "old or new, never a mix"
+    publish.retire_live_tables(conn, load_job("churn", Settings()))
+    assert conn.execute(live).fetchone()[0] == 1
+    assert {r[5] for r in published(conn).values()} == {second["run_id"]}
+
+
 def test_retention_drops_days_older_than_the_spec_keeps(conn, tmp_path):
     import shutil
 
@@ -204,7 +256,9 @@ def test_retention_drops_days_older_than_the_spec_keeps(conn, tmp_path):
 
     assert set(history_days(conn)) == {days_ago(5), days_ago(3)}, "days <= newest - 3 are dropped"
     assert result["timings"]["retention_dropped_days"] == 2
-    tables = conn.execute("select count(*) from pg_tables where schemaname = 'mlpipe_data'").fetchone()[0]
+    tables = conn.execute(
+        "select count(*) from pg_tables where schemaname = 'mlpipe_data' and tablename like 'churn\\_r%'"
+    ).fetchone()[0]
     assert tables == 2
     with pytest.raises(UsageError, match="outside the 3-day history"):
         score(job, days_ago(6))  # it would be dropped as soon as it was published
