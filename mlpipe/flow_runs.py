@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from prefect.artifacts import create_table_artifact
@@ -18,8 +19,10 @@ from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run, task_run
 
 from mlpipe import runs
-from mlpipe.chunks import ChunkResult
-from mlpipe.extract import Chunk
+
+if TYPE_CHECKING:  # annotations only: importing the scoring code here would load it for every flow
+    from mlpipe.chunks import ChunkResult
+    from mlpipe.extract import Chunk
 
 log = logging.getLogger(__name__)
 
