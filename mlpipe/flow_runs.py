@@ -93,6 +93,11 @@ def tag_run(kind: str, job: str) -> None:
         client.update_flow_run(context.flow_run.id, tags=tags)
 
 
+def flow_run_id() -> str | None:
+    """The current Prefect flow run's id (None outside a flow run)."""
+    return flow_run.id
+
+
 def record_flow_run(conn: psycopg.Connection, run_id: int) -> None:
     """Keep the current Prefect flow run's id on mlpipe's run, so `mlpipe runs show` can link it."""
     runs.record_flow_run(conn, run_id, flow_run.id)
