@@ -100,6 +100,9 @@ def _quiet_prefect() -> None:
         logging.getLogger("prefect.flow_runs").addFilter(_not_a_known_error)
         # A failed task is reported again by its flow run (with the traceback of an unknown error).
         logging.getLogger("prefect.task_runs").addFilter(_not_a_task_failure)
+        # The command waits while the run's last events and log lines are sent: expected, not news.
+        for worker in ("EventsWorker", "APILogWorker"):
+            logging.getLogger(worker).addFilter(_not_sending_progress)
 
 
 @contextmanager
@@ -129,6 +132,10 @@ def _not_a_known_error(record: logging.LogRecord) -> bool:
 
 def _not_a_task_failure(record: logging.LogRecord) -> bool:
     return _not_a_known_error(record) and not record.getMessage().startswith("Finished in state Failed")
+
+
+def _not_sending_progress(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Still processing items")
 
 
 def one_line(message: str) -> str:
