@@ -133,6 +133,7 @@ def main() -> None:
     from mlpipe.db import connection
     from mlpipe.demo import world
 
+    load_before = os.getloadavg()[0]  # a shared machine: the figures scale with its load
     home, url = scratch()
     env = {**os.environ, "MLPIPE_HOME": str(home), "COLUMNS": "200"}
     if os.environ.get("MLPIPE_DATABASE_URL"):
@@ -150,6 +151,7 @@ def main() -> None:
         if managed:
             cli(env, "server", "down")
 
+    print(f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(f"{'command':<12} {'median s':>9}   (fresh process, {args.repeat} runs, target {QUICK_S:g} s)")
     for name, seconds in quick.items():
         print(f"{name:<12} {seconds:>9.3f}")
@@ -175,6 +177,7 @@ def main() -> None:
                 "flow_ok": max(f["overhead_s"] for f in flows.values()) <= FLOW_OVERHEAD_S,
                 "cold": cold,
                 "prefect_api_url_given": bool(os.environ.get("PREFECT_API_URL")),
+                "load_avg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             }
         )
     )
