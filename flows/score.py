@@ -14,7 +14,6 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.monitor import monitor_task
 from mlpipe import flow_runs, metrics
 from mlpipe.chunks import ChunkResult, RunContext, score_chunk
 from mlpipe.db import DatabaseError, connection, database_url
@@ -106,5 +105,7 @@ def _score(job: str, as_of: date | None, model_version: str | None, monitor: boo
         flow_runs.score_report(conn, job, summary["run_id"])
     flow_runs.log_published(summary)
     if monitor:
+        from flows.monitor import monitor_task  # its report charts take a second to import
+
         summary["monitor"] = monitor_task(job, day)
     return summary

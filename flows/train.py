@@ -18,9 +18,7 @@ def train_task(job: str, as_of: date) -> dict:
     settings = Settings()
     spec = load_job(job, settings)
     with connection(database_url(settings)) as conn:
-        result = train.train(conn, settings, spec, as_of)
-        flow_runs.record_flow_run(conn, result.run_id)
-        conn.commit()
+        result = train.train(conn, settings, spec, as_of, flow_run_id=flow_runs.flow_run_id())
     brief = summary(result, spec.model.metric)
     flow_runs.candidates_artifact(job, brief)
     return brief

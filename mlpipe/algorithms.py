@@ -14,18 +14,17 @@ import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import sklearn
-import xgboost as xgb
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from mlpipe.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+
+# scikit-learn and XGBoost take seconds to import: each is imported where a model of its kind is fitted
+# or loaded, so that scoring a linear model (or starting a command) does not pay for them.
 
 
 class ScoringModel(Protocol):
@@ -107,6 +106,11 @@ class LinearModel:
 
 
 def _fit_logistic(params: dict, data: FitInput) -> LinearModel:
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     pipeline = make_pipeline(
         SimpleImputer(strategy="median", keep_empty_features=True),
         StandardScaler(),
@@ -147,22 +151,27 @@ class XGBoostModel:
 
     @classmethod
     def from_bytes(cls, data: bytes, columns: list[str]) -> XGBoostModel:
+        import xgboost as xgb
+
         booster = xgb.Booster()
         booster.load_model(bytearray(data))
         return cls(columns=columns, booster=booster)
 
 
-class _Deadline(xgb.callback.TrainingCallback):
-    """Stop boosting when the candidate's share of the time budget runs out."""
+def _deadline(deadline: float) -> xgb.callback.TrainingCallback:
+    """A callback that stops boosting when the candidate's share of the time budget runs out."""
+    import xgboost as xgb
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    class Deadline(xgb.callback.TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            return time.monotonic() > deadline
 
-    def after_iteration(self, model, epoch, evals_log) -> bool:
-        return time.monotonic() > self.deadline
+    return Deadline()
 
 
 def _fit_xgboost(params: dict, data: FitInput) -> XGBoostModel:
+    import xgboost as xgb
+
     params = dict(params)
     rounds = int(params.pop("num_boost_round", 500))
     patience = int(params.pop("early_stopping_rounds", 30))
@@ -179,7 +188,7 @@ def _fit_xgboost(params: dict, data: FitInput) -> XGBoostModel:
         num_boost_round=rounds,
         evals=[(xgb.DMatrix(data.x_valid, label=data.y_valid), "validation")],
         early_stopping_rounds=patience,
-        callbacks=[_Deadline(data.deadline)],
+        callbacks=[_deadline(data.deadline)],
         verbose_eval=False,
     )
     if booster.best_iteration is not None and booster.best_iteration + 1 < booster.num_boosted_rounds():
@@ -189,6 +198,8 @@ def _fit_xgboost(params: dict, data: FitInput) -> XGBoostModel:
 
 def _same_xgboost_major(recorded: dict[str, str]) -> None:
     # XGBoost's format is stable within a major version; refuse anything across majors.
+    import xgboost as xgb
+
     made, here = recorded.get("xgboost", "?"), xgb.__version__
     if made.split(".")[0] != here.split(".")[0]:
         raise ArtifactError(f"model trained with xgboost {made} cannot be loaded by xgboost {here}")
@@ -218,6 +229,8 @@ class SklearnModel:
 
 
 def _fit_hist_gradient_boosting(params: dict, data: FitInput) -> SklearnModel:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
     estimator = HistGradientBoostingClassifier(
         learning_rate=float(params.get("learning_rate", 0.1)),
         max_iter=int(params.get("max_iter", 300)),
@@ -235,6 +248,8 @@ def _fit_hist_gradient_boosting(params: dict, data: FitInput) -> SklearnModel:
 
 def _same_scikit_learn(recorded: dict[str, str]) -> None:
     # A pickle is only trusted by the exact library version that wrote it.
+    import sklearn
+
     if recorded.get("scikit-learn") != sklearn.__version__:
         raise ArtifactError(
             f"model pickled by scikit-learn {recorded.get('scikit-learn')} is not loaded by scikit-learn "

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sklearn
-import xgboost as xgb
 
 from mlpipe import algorithms
 from mlpipe.algorithms import ScoringModel
@@ -51,6 +49,9 @@ class CalibratedModel:
 
 def library_versions() -> dict[str, str]:
     """Versions recorded with every artifact and checked before it is loaded."""
+    import sklearn  # imported only where a model is registered: seconds that scoring does not need
+    import xgboost as xgb
+
     return {"xgboost": xgb.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 

@@ -6,9 +6,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss
 
 from mlpipe import algorithms, artifacts
 from mlpipe.evaluate import probability_metrics
@@ -77,6 +74,8 @@ def calibrate(
 ) -> tuple[artifacts.ScoringModel, dict]:
     """Fit Platt and isotonic maps on one half of the validation split, judge them on the other, and
     apply the better one (refit on all of validation) only if it lowers the Brier score."""
+    from sklearn.metrics import brier_score_loss  # scikit-learn is imported where training uses it
+
     x_valid, y_valid = data.part("validation")
     raw = model.predict_proba(x_valid)
     halves = np.random.default_rng(seed).permutation(len(y_valid)) % 2 == 0
@@ -106,6 +105,8 @@ def calibrate(
 
 def platt(scores: np.ndarray, labels: np.ndarray) -> artifacts.Calibration:
     """A Platt map (logistic on the scores' log-odds) from scores to the observed rate."""
+    from sklearn.linear_model import LogisticRegression
+
     fitted = LogisticRegression(C=1e6, max_iter=1000).fit(artifacts.logit(scores).reshape(-1, 1), labels)
     return artifacts.Calibration(
         "sigmoid", {"a": float(fitted.coef_[0][0]), "b": float(fitted.intercept_[0])}
@@ -113,6 +114,8 @@ def platt(scores: np.ndarray, labels: np.ndarray) -> artifacts.Calibration:
 
 
 def _isotonic(scores: np.ndarray, labels: np.ndarray) -> artifacts.Calibration:
+    from sklearn.isotonic import IsotonicRegression
+
     fitted = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(scores, labels)
     return artifacts.Calibration(
         "isotonic", {"x": fitted.X_thresholds_.tolist(), "y": fitted.y_thresholds_.tolist()}

@@ -34,7 +34,21 @@ def database_url(settings: Settings, *, start: bool = True) -> str:
         return settings.database_url.get_secret_value()
     if not start and not embedded_running(settings):
         raise DatabaseError("the embedded database is not running: start it with `mlpipe db up`")
-    return _embedded_server(settings).get_uri()
+    return _ready_url(settings) or _embedded_server(settings).get_uri()
+
+
+def _ready_url(settings: Settings) -> str | None:
+    """The running embedded server's URL, as pgserver gives it, read from its postmaster.pid; None
+    unless it runs and is ready. pgserver takes a machine-wide lock on every call and again at exit,
+    held for seconds while any other process on the machine starts a server: a running one needs
+    neither."""
+    try:
+        lines = (settings.pgdata / "postmaster.pid").read_text().splitlines()
+        pid, socket_dir, status = int(lines[0]), lines[4].strip(), lines[7].strip()
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return f"postgresql://postgres:@/postgres?host={socket_dir}" if status == "ready" and socket_dir else None
 
 
 def _embedded_server(settings: Settings):  # -> pgserver.PostgresServer

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.spatial.distance import jensenshannon
 
 from mlpipe.spec import JobSpec
 
@@ -87,6 +86,8 @@ def psi(current, reference) -> float:
 
 def js_distance(current, reference) -> float:
     """Jensen-Shannon distance (base 2: 0 same, 1 disjoint) of two count vectors."""
+    from scipy.spatial.distance import jensenshannon  # scipy.stats alone takes ~0.5 s: only when used
+
     return float(jensenshannon(_shares(current), _shares(reference), base=2))
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from mlpipe.spec import JobSpec
 
 
 def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Metrics that only need an ordering (what a baseline rule can be judged on)."""
+    # scikit-learn takes a second or more to import: only where metrics are computed.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     if len(np.unique(labels)) < 2:
         return {"roc_auc": float("nan"), "pr_auc": float("nan")}
     return {
@@ -20,6 +22,8 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 def probability_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
     """Ranking metrics plus log loss, Brier score and a 10-bin reliability table."""
+    from sklearn.metrics import brier_score_loss, log_loss
+
     clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
     bins = np.minimum((clipped * 10).astype(int), 9)
     reliability = [

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from prefect.artifacts import create_table_artifact
@@ -18,8 +19,10 @@ from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run, task_run
 
 from mlpipe import runs
-from mlpipe.chunks import ChunkResult
-from mlpipe.extract import Chunk
+
+if TYPE_CHECKING:  # annotations only: importing the scoring code here would load it for every flow
+    from mlpipe.chunks import ChunkResult
+    from mlpipe.extract import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,11 @@ def tag_run(kind: str, job: str) -> None:
     tags = sorted({*context.flow_run.tags, "mlpipe", kind, job_label(job)})
     with get_client(sync_client=True) as client:
         client.update_flow_run(context.flow_run.id, tags=tags)
+
+
+def flow_run_id() -> str | None:
+    """The current Prefect flow run's id (None outside a flow run)."""
+    return flow_run.id
 
 
 def record_flow_run(conn: psycopg.Connection, run_id: int) -> None:

@@ -23,13 +23,13 @@ import logging
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway, write_to_textfile
-from prometheus_client.parser import text_string_to_metric_families
-
 from mlpipe.settings import Settings
+
+if TYPE_CHECKING:  # prometheus_client is imported only when metrics are configured (MLPIPE_METRICS_*)
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,8 @@ def _day_seconds(day: str | date | None) -> float | None:
 
 def registry_of(samples: list[Sample]) -> CollectorRegistry:
     """A fresh registry holding one gauge per metric name with the samples' values."""
+    from prometheus_client import CollectorRegistry, Gauge
+
     registry = CollectorRegistry()
     gauges: dict[str, Gauge] = {}
     for name, labels, value in samples:
@@ -156,6 +158,8 @@ def _emit(settings: Settings, job: str, kind: str, samples: list[Sample], *, rep
 
 
 def _push(url: str, job: str, kind: str, samples: list[Sample], replace_all: bool) -> None:
+    from prometheus_client import push_to_gateway, pushadd_to_gateway
+
     send = push_to_gateway if replace_all else pushadd_to_gateway
     try:
         send(url, PUSH_JOB, registry_of(samples), {"mlpipe_job": job, "kind": kind}, timeout=PUSH_TIMEOUT_S)
@@ -173,6 +177,8 @@ def _without_secrets(url: str) -> str:
 
 def write_file(path: Path, job: str, kind: str, samples: list[Sample], *, replace_all: bool) -> None:
     """Merge the run's samples into the textfile: lines of other jobs and kinds stay as they were."""
+    from prometheus_client import write_to_textfile
+
     own = {"mlpipe_job": job, "kind": kind}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +197,8 @@ def write_file(path: Path, job: str, kind: str, samples: list[Sample], *, replac
 
 def _read(path: Path) -> list[Sample]:
     """mlpipe's samples in an existing textfile (other metric names are dropped: the file is mlpipe's)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     if not path.is_file():
         return []
     try:

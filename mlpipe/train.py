@@ -58,15 +58,23 @@ def _recalibration(test_scores: np.ndarray, test_labels: np.ndarray) -> dict | N
     return platt(test_scores, test_labels).as_dict() if len(np.unique(test_labels)) == 2 else None
 
 
-def train(conn: psycopg.Connection, settings: Settings, spec: JobSpec, as_of: date) -> TrainResult:
+def train(
+    conn: psycopg.Connection,
+    settings: Settings,
+    spec: JobSpec,
+    as_of: date,
+    flow_run_id: str | None = None,
+) -> TrainResult:
     """Build the training set, fit and evaluate every candidate, register the best, promote by rule.
 
     One training of a job at a time (an advisory lock held on `conn`); a training run that died
     without finishing is marked abandoned when the next one starts, and any exit of this one
-    (an error, Ctrl-C, SIGTERM) marks it failed."""
+    (an error, Ctrl-C, SIGTERM) marks it failed. The Prefect flow run that carries it, if any, is
+    recorded when it starts, so a failed run links to its flow run too."""
     started = time.monotonic()
     deadline = started + spec.training.time_budget_s
     run_id = runs.start_exclusive(conn, "train", spec.name, as_of)
+    runs.record_flow_run(conn, run_id, flow_run_id)
     conn.commit()
     try:
         result = _train(conn, settings, spec, as_of, run_id, deadline)

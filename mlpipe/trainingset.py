@@ -8,7 +8,6 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import psycopg
-from sklearn.model_selection import train_test_split
 
 from mlpipe.errors import SourceError
 from mlpipe.extract import check_features_source, plan_chunks, read_features, read_labels
@@ -96,6 +95,8 @@ def build_training_set(conn: psycopg.Connection, spec: JobSpec, as_of: date, chu
 
 
 def _stratified_split(labels: np.ndarray, spec: JobSpec) -> np.ndarray:
+    from sklearn.model_selection import train_test_split  # only snapshot jobs split this way
+
     index = np.arange(len(labels))
     rest, test = train_test_split(
         index, test_size=spec.training.test_share, stratify=labels, random_state=spec.training.seed

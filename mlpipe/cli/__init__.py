@@ -7,6 +7,7 @@ imported inside the commands that use them, never at the top of a module this pa
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -99,16 +100,30 @@ def _quiet_prefect() -> None:
         logging.getLogger("prefect.flow_runs").addFilter(_not_a_known_error)
         # A failed task is reported again by its flow run (with the traceback of an unknown error).
         logging.getLogger("prefect.task_runs").addFilter(_not_a_task_failure)
+        # The command waits while the run's last events and log lines are sent: expected, not news.
+        for worker in ("EventsWorker", "APILogWorker"):
+            logging.getLogger(worker).addFilter(_not_sending_progress)
 
 
 @contextmanager
 def flow_api() -> Iterator[None]:
     """The Prefect API the commands that run flows use (Prefect is imported only here)."""
     _quiet_prefect()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     from mlpipe.prefect_api import prefect_api
 
-    with prefect_api():
+    # A command waits for its runs and reports their end itself. Prefect's heartbeat thread sleeps in
+    # 1 s steps and is joined as each run ends: up to 1 s per run (per day of a backfill) for nothing.
+    # Served deployments keep their heartbeats; an operator may set the variable to keep them here.
+    beats = {} if _heartbeat_set() else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with prefect_api(), temporary_settings(updates=beats):
         yield
+
+
+def _heartbeat_set() -> bool:
+    names = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+    return any(name in os.environ for name in names)
 
 
 def _not_a_known_error(record: logging.LogRecord) -> bool:
@@ -117,6 +132,10 @@ def _not_a_known_error(record: logging.LogRecord) -> bool:
 
 def _not_a_task_failure(record: logging.LogRecord) -> bool:
     return _not_a_known_error(record) and not record.getMessage().startswith("Finished in state Failed")
+
+
+def _not_sending_progress(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Still processing items")
 
 
 def one_line(message: str) -> str:
@@ -142,6 +161,10 @@ def main() -> None:
             for e in exc.errors()
         )
         _error(f"settings from the environment: {one_line(problems)}")
+    finally:
+        # The interpreter's last garbage collection walks every object Prefect, pandas and GX made
+        # (seconds on a busy machine) only to free memory the exit frees anyway: exempt them from it.
+        gc.freeze()
 
 
 def _error(message: str) -> None:

@@ -196,3 +196,16 @@ def test_a_served_deployment_run_logs_mlpipe_lines(conn, prefect_api, monkeypatc
         "select flow_run_id from mlpipe.runs where kind = 'score' and as_of = %s", [day]
     ).fetchone()[0]
     assert recorded == flow_run_id
+
+
+def test_a_failed_training_run_keeps_its_flow_run_id(conn, prefect_api):
+    # Long before the demo world began: no labeled rows, so the training run fails once it started.
+    failed = _cli(prefect_api, "train", "--job", "churn", "--as-of", "2001-01-01")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    run_id, status = conn.execute(
+        "select run_id, status from mlpipe.runs where kind = 'train' order by run_id desc limit 1"
+    ).fetchone()
+    assert status == "failed"
+    shown = _read(_flow_run_of(conn, run_id))
+    assert shown["run"].name == "train churn 2001-01-01"
+    assert shown["run"].state.is_failed()
