@@ -7,8 +7,10 @@ Publishing moves that pointer row and makes the new table a child of <job>_live 
 only SHARE UPDATE EXCLUSIVE on a parent). Readers hold ACCESS SHARE, which conflicts with neither, so
 a publish never waits for them, even behind a long reader, and they never wait for it. The table that
 stops being live leaves <job>_live afterwards, when no reader holds it (NOWAIT: never queued ahead of
-readers); until then the pointer hides it. Replacing a table (re-running a day, retention) needs it
-exclusively: that waits, with NOWAIT and retries, only for readers of that table.
+readers), at the next publish: a lookup that took its snapshot before the pointer moved but looks up
+the children after may still find the table its snapshot names. A table the re-run of a day replaced
+stays a child of <job>_live until then too, and is dropped then. Replacing a table (re-running a day,
+retention) needs it exclusively: that waits, with NOWAIT and retries, only for readers of that table.
 """
 
 from __future__ import annotations
@@ -332,12 +334,12 @@ def publish(
         runs.mark_published(conn, run_id)
         if moves_view:
             _point_view(conn, spec, as_of, run_id, table, f"published run {run_id}")
-        drop_run_table(conn, replaced)  # _attach holds it exclusively already; the pointer has left it
+        if replaced and not _is_live_child(conn, spec, replaced):
+            drop_run_table(conn, replaced)  # _attach holds it exclusively already; no reader can reach it
         return moves_view
 
-    moved = _retrying(conn, f"publish {spec.name} for {as_of}", lock_timeout_ms, attempts, swap)
-    retire_live_tables(conn, spec)
-    return moved
+    retire_live_tables(conn, spec)  # what the previous publish left behind, before this one moves on
+    return _retrying(conn, f"publish {spec.name} for {as_of}", lock_timeout_ms, attempts, swap)
 
 
 def insert_into_day(
@@ -466,10 +468,23 @@ def _point_view(
     )
 
 
+def _is_live_child(conn: psycopg.Connection, spec: JobSpec, table: str) -> bool:
+    return conn.execute(
+        """select exists (select from pg_inherits
+                          where inhrelid = to_regclass(%s) and inhparent = to_regclass(%s))""",
+        [
+            sql.Identifier(DATA_SCHEMA, table).as_string(conn),
+            sql.Identifier(DATA_SCHEMA, live_name(spec)).as_string(conn),
+        ],
+    ).fetchone()[0]
+
+
 def retire_live_tables(conn: psycopg.Connection, spec: JobSpec) -> int:
-    """Children of <job>_live that the pointer no longer names leave it, each in its own transaction,
-    unless a reader still holds one (NOWAIT: it stays, hidden by the pointer, until the next publish or
-    retention). Keeps a lookup at one index probe. Returns how many are left behind."""
+    """Children of <job>_live that the pointer no longer names leave it (and are dropped if no day
+    holds them any more: a re-run replaced them), each in its own transaction, unless a reader still
+    holds one (NOWAIT: it stays, hidden by the pointer, until the next publish). Called before a
+    publish moves the pointer, so the table live until then stays a child for a day. Returns how
+    many are left behind."""
     live = sql.Identifier(DATA_SCHEMA, live_name(spec))
     stale = conn.execute(
         """select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
@@ -485,6 +500,12 @@ def retire_live_tables(conn: psycopg.Connection, spec: JobSpec) -> int:
                 conn.execute(
                     sql.SQL("alter table {} no inherit {}").format(sql.Identifier(DATA_SCHEMA, name), live)
                 )
+                in_history = conn.execute(
+                    "select exists (select from mlpipe.partitions where job = %s and table_name = %s)",
+                    [spec.name, name],
+                ).fetchone()[0]
+                if not in_history:
+                    drop_run_table(conn, name)
         except errors.LockNotAvailable:
             left += 1
             log.info(
@@ -514,6 +535,7 @@ def republish_latest(
             f"no day of {spec.name} published by that model is still in history; score a day instead"
         )
     as_of, run_id, table = row
+    retire_live_tables(conn, spec)
     _retrying(
         conn,
         f"republish {spec.name} for {as_of}",
@@ -521,7 +543,6 @@ def republish_latest(
         attempts,
         lambda: _point_view(conn, spec, as_of, run_id, table, reason),
     )
-    retire_live_tables(conn, spec)
     return as_of
 
 
@@ -529,16 +550,24 @@ def apply_retention(
     conn: psycopg.Connection, spec: JobSpec, *, lock_timeout_ms: int, attempts: int
 ) -> list[date]:
     """Drop history (and shadow) partitions older than outputs.history_days before the newest
-    published day; the day the view shows is always kept. Returns the days dropped."""
-    retire_live_tables(conn, spec)  # one a reader held at publish time may be free by now
+    published day; the day the view shows is always kept, and so is a table still a child of
+    <job>_live (the next publish retires it, then a later retention drops it). Returns the days dropped."""
     rows = conn.execute(
         """select p.kind, p.as_of, p.table_name from mlpipe.partitions p
            where p.job = %(job)s
              and p.as_of <= (select max(as_of) from mlpipe.partitions
                              where job = %(job)s and kind = 'published') - %(days)s::int
              and p.as_of is distinct from (select as_of from mlpipe.live_views where job = %(job)s)
+             and not exists (select from pg_inherits i
+                             where i.inhparent = to_regclass(%(live)s)
+                               and i.inhrelid = to_regclass(%(schema)s || '.' || quote_ident(p.table_name)))
            order by p.as_of""",
-        {"job": spec.name, "days": spec.outputs.history_days},
+        {
+            "job": spec.name,
+            "days": spec.outputs.history_days,
+            "live": sql.Identifier(DATA_SCHEMA, live_name(spec)).as_string(conn),
+            "schema": DATA_SCHEMA,
+        },
     ).fetchall()
 
     def drop(kind: str, as_of: date, table: str) -> None:

@@ -263,3 +263,22 @@ def test_retention_drops_days_older_than_the_spec_keeps(conn, tmp_path):
     with pytest.raises(UsageError, match="outside the 3-day history"):
         score(job, days_ago(6))  # it would be dropped as soon as it was published
     assert set(history_days(conn)) == {days_ago(5), days_ago(3)}
+
+
+def test_a_lookup_whose_snapshot_predates_a_publish_still_finds_the_old_day(db_url, conn):
+    first = score("churn", days_ago(2))
+    key = min(published(conn))
+    with connection(db_url) as reader:
+        reader.execute("begin isolation level repeatable read")
+        reader.execute("select count(*) from mlpipe.live_views").fetchone()  # the snapshot, not the view
+        second = score("churn", days_ago(1))
+        # Its snapshot still names the previous day's table: that table must still be a child of
+        # <job>_live (it leaves at the next publish), or this lookup would find nothing at all.
+        row = reader.execute("select run_id from predictions.churn where entity_id = %s", [key]).fetchone()
+        assert row == (first["run_id"],)
+        reader.rollback()
+    assert {r[5] for r in published(conn).values()} == {second["run_id"]}
+    third = score("churn", days_ago(0))
+    live = "select count(*) from pg_inherits where inhparent = 'mlpipe_data.churn_live'::regclass"
+    assert conn.execute(live).fetchone()[0] == 2, "the live day and the one before it, no older"
+    assert {r[5] for r in published(conn).values()} == {third["run_id"]}
