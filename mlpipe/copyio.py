@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import select
 import struct
 from collections.abc import Iterable
@@ -13,13 +12,13 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 # PostgreSQL's binary COPY format: a signature, flags and header extension length (both 0), then the
 # rows (each a field count, then each field's length and bytes), then a field count of -1.
 BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 BINARY_TRAILER = struct.pack(">h", -1)
 _WRITE_BLOCK = 1 << 20
+SMALLINT_OID = 21
 
 
 def copy_out(
@@ -123,9 +122,9 @@ def prediction_rows(
     model_version: str | None = None,
     reasons: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Binary COPY rows for (bigint key, float8, bool, float4[, text][, jsonb]), as one numpy record
-    array: every field is fixed-width (the text is one constant, the reasons are padded JSON of one
-    width), so no Python runs per row."""
+    """Binary COPY rows for (bigint key, float8, bool, float4[, text][, smallint[][]]), as one numpy
+    record array: every field is fixed-width (the text is one constant, the reasons one (k, 2) array
+    shape), so no Python runs per row."""
     fields = [
         ("fields", ">i2"),
         ("key_len", ">i4"), ("key", ">i8"),
@@ -136,8 +135,10 @@ def prediction_rows(
     version = (model_version or "").encode()
     if model_version is not None:
         fields += [("version_len", ">i4"), ("version", f"S{len(version)}")]
-    if reasons is not None:  # jsonb's binary form: a version byte (1), then the JSON text
-        fields += [("reasons_len", ">i4"), ("reasons_format", "u1"), ("reasons", "u1", reasons.shape[1])]
+    if reasons is not None:  # a binary array: dimensions, no-NULL flag, element type, (size, lower bound)s
+        element = np.dtype([("len", ">i4"), ("value", ">i2")])
+        fields += [("reasons_len", ">i4"), ("reasons_head", ">i4", 3), ("reasons_dims", ">i4", 4)]
+        fields += [("reasons", element, reasons.shape[1:])]
     rows = np.empty(len(keys), dtype=np.dtype(fields))
     rows["fields"] = 4 + (model_version is not None) + (reasons is not None)
     rows["key_len"], rows["key"] = 8, keys
@@ -147,7 +148,9 @@ def prediction_rows(
     if model_version is not None:
         rows["version_len"], rows["version"] = len(version), version
     if reasons is not None:
-        rows["reasons_len"], rows["reasons_format"], rows["reasons"] = reasons.shape[1] + 1, 1, reasons
+        rows["reasons_len"] = sum(rows.dtype[f].itemsize for f in ("reasons_head", "reasons_dims", "reasons"))
+        rows["reasons_head"], rows["reasons_dims"] = (2, 0, SMALLINT_OID), (reasons.shape[1], 1, 2, 1)
+        rows["reasons"]["len"], rows["reasons"]["value"] = 2, reasons
     return rows
 
 
@@ -163,10 +166,11 @@ def copy_predictions(
     reasons: np.ndarray | None = None,
 ) -> None:
     """Write scored rows into a run table with binary COPY; model_version, when given, overrides
-    the table's default (the challenger's rows in a batch A/B run); reasons are (rows, width) bytes
-    of JSON from explain.ReasonWriter."""
+    the table's default (the challenger's rows in a batch A/B run); reasons are (rows, k, 2) smallint
+    codes from explain.ReasonWriter, written to the reason_codes column."""
     columns = ["entity_id", "score", "decision", "percentile"]
-    columns += (["model_version"] if model_version else []) + (["reasons"] if reasons is not None else [])
+    columns += ["model_version"] if model_version else []
+    columns += ["reason_codes"] if reasons is not None else []
     statement = sql.SQL("copy {}.{} ({}) from stdin (format binary)").format(
         sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
@@ -177,15 +181,15 @@ def copy_predictions(
     # Text keys are variable-width; psycopg's C row writer is the fast path for them.
     with conn.cursor().copy(statement) as copy:
         types = ["text", "float8", "bool", "float4"] + (["text"] if model_version else [])
-        copy.set_types(types + (["jsonb"] if reasons is not None else []))
+        copy.set_types(types + (["int2[]"] if reasons is not None else []))
         extra = [model_version] if model_version else []
         rows = zip(keys.tolist(), score.tolist(), decision.tolist(), percentile.tolist(), strict=True)
         if reasons is None:
             for row in rows:
                 copy.write_row([*row, *extra])
             return
-        for row, json_text in zip(rows, reasons, strict=True):
-            copy.write_row([*row, *extra, Jsonb(json.loads(json_text.tobytes()))])
+        for row, codes in zip(rows, reasons.tolist(), strict=True):
+            copy.write_row([*row, *extra, codes])
 
 
 def copy_in_binary(

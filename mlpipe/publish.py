@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 import psycopg
 from psycopg import errors, sql
 
-from mlpipe import fallback, runs
+from mlpipe import explain, fallback, runs
 from mlpipe.errors import PublishTimeoutError, UsageError
 from mlpipe.spec import JobSpec
 
@@ -153,7 +153,7 @@ def _columns(spec: JobSpec) -> sql.Composed:
     return sql.SQL(
         "entity_id {key_type} not null, score double precision not null, decision boolean not null, "
         "percentile real not null, model_version text not null, as_of date not null, "
-        "run_id bigint not null, reasons jsonb"
+        "run_id bigint not null, reasons jsonb, reason_codes smallint[]"
     ).format(key_type=_KEY_SQL_TYPES[spec.entity.type])
 
 
@@ -330,7 +330,8 @@ def insert_into_day(
     """A top-up: the run's rows into the day's published partition in one transaction, rows only (no
     DDL on anything readers touch: they never wait); then its own tables (`drop`) go. Returns the
     rows inserted; an entity the day has by then keeps its row."""
-    names = ("entity_id", "score", "decision", "percentile", "model_version", "as_of", "run_id", "reasons")
+    names = ("entity_id", "score", "decision", "percentile", "model_version", "as_of", "run_id")
+    names += ("reasons", "reason_codes")
     columns = sql.SQL(", ").join(map(sql.Identifier, names))
 
     def insert() -> int:
@@ -398,11 +399,12 @@ def _point_view(
 ) -> None:
     _refresh_fallback(conn, spec, as_of, run_id)  # rows only: readers of the function never wait
     view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
+    reasons = explain.reasons_sql(explain.job_reason_names(spec))  # built from compact codes, plain SQL
     conn.execute(
         sql.SQL(
             "create or replace view {} as select entity_id, score, decision, percentile, model_version, "
-            "as_of, run_id, reasons from {}"
-        ).format(view, sql.Identifier(DATA_SCHEMA, table))
+            "as_of, run_id, {} as reasons from {}"
+        ).format(view, reasons, sql.Identifier(DATA_SCHEMA, table))
     )
     _hand_to_writer(conn, "view", view)  # the replace holds the view's lock already; same owner: no-op
     conn.execute(sql.SQL("grant select on {} to {}").format(view, sql.Identifier(READER_ROLE)))

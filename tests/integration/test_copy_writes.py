@@ -7,7 +7,7 @@ import pytest
 from psycopg import sql
 
 from mlpipe.copyio import copy_predictions
-from mlpipe.explain import ReasonWriter
+from mlpipe.explain import ReasonWriter, reasons_sql
 
 pytestmark = pytest.mark.integration
 
@@ -17,15 +17,19 @@ def _table(conn, key_type: str) -> None:
         sql.SQL(
             """create table mlpipe_data.written (entity_id {} primary key, score float8 not null,
                    decision bool not null, percentile float4 not null,
-                   model_version text not null default 'default', reasons jsonb)"""
+                   model_version text not null default 'default', reasons jsonb,
+                   reason_codes smallint[])"""
         ).format(sql.SQL(key_type))  # one of two constants of this file
     )
 
 
-def _written(conn) -> list[tuple]:
+def _written(conn, names: list[str]) -> list[tuple]:
+    """The rows, reasons as the published view shows them (JSON built from the codes)."""
     return conn.execute(
-        "select entity_id, score, decision, percentile, model_version, reasons from mlpipe_data.written "
-        "order by entity_id"
+        sql.SQL(
+            "select entity_id, score, decision, percentile, model_version, {} from mlpipe_data.written "
+            "order by entity_id"
+        ).format(reasons_sql(names))
     ).fetchall()
 
 
@@ -43,7 +47,7 @@ def test_integer_keys_with_reasons_and_a_model_version(conn):
         model_version="churn-v9",
         reasons=reasons,
     )
-    assert _written(conn) == [
+    assert _written(conn, ["a", "b"]) == [
         (7, 0.125, False, 12.5, "churn-v9", [{"feature": "b", "contribution": -2.0}]),
         (2**53 + 1, 0.5, True, 50.0, "churn-v9", [{"feature": "a", "contribution": 0.25}]),
     ]
@@ -62,7 +66,37 @@ def test_text_keys_keep_the_default_version(conn):
         np.array([90.0, 0.0], dtype=np.float32),
         reasons=reasons,
     )
-    assert _written(conn) == [
+    assert _written(conn, ["a"]) == [
         ("a-1", 0.0, False, 0.0, "default", [{"feature": "a", "contribution": 0.0}]),
         ("b-2", 0.75, True, 90.0, "default", [{"feature": "a", "contribution": 1.5}]),
+    ]
+
+
+def test_reasons_read_as_the_documented_json_and_older_days_as_stored(conn):
+    _table(conn, "bigint")
+    codes = ReasonWriter(["tenure_days", "plan", "f"], 3).encode(
+        np.array([[0.5, -1.2, 0.0004]], dtype=np.float32)
+    )
+    copy_predictions(
+        conn, "mlpipe_data", "written", np.array([1]), np.array([0.5]), np.array([True]),
+        np.array([50.0], dtype=np.float32), reasons=codes,
+    )  # fmt: skip
+    conn.execute(
+        """insert into mlpipe_data.written (entity_id, score, decision, percentile, reasons)
+           values (2, 0.1, false, 10, '[{"feature": "plan", "contribution": 0.250}]'),
+                  (3, 0.1, false, 10, null)"""
+    )
+    shown = conn.execute(
+        sql.SQL("select {}::text from mlpipe_data.written order by entity_id").format(
+            reasons_sql(["tenure_days", "plan", "f"])
+        )
+    ).fetchall()
+    assert shown == [
+        (
+            '[{"feature": "plan", "contribution": -1.200}, '
+            '{"feature": "tenure_days", "contribution": 0.500}, '
+            '{"feature": "f", "contribution": 0.000}]',
+        ),
+        ('[{"feature": "plan", "contribution": 0.250}]',),
+        (None,),
     ]
