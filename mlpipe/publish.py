@@ -399,7 +399,8 @@ def _point_view(
 ) -> None:
     _refresh_fallback(conn, spec, as_of, run_id)  # rows only: readers of the function never wait
     view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
-    reasons = explain.reasons_sql(explain.job_reason_names(spec))  # built from compact codes, plain SQL
+    names = explain.job_reason_names(spec)
+    reasons = explain.reasons_sql(names, min(spec.outputs.reasons, len(names)))  # JSON from compact codes
     conn.execute(
         sql.SQL(
             "create or replace view {} as select entity_id, score, decision, percentile, model_version, "

@@ -29,7 +29,7 @@ def _written(conn, names: list[str]) -> list[tuple]:
         sql.SQL(
             "select entity_id, score, decision, percentile, model_version, {} from mlpipe_data.written "
             "order by entity_id"
-        ).format(reasons_sql(names))
+        ).format(reasons_sql(names, 1))
     ).fetchall()
 
 
@@ -86,17 +86,19 @@ def test_reasons_read_as_the_documented_json_and_older_days_as_stored(conn):
            values (2, 0.1, false, 10, '[{"feature": "plan", "contribution": 0.250}]'),
                   (3, 0.1, false, 10, null)"""
     )
-    shown = conn.execute(
-        sql.SQL("select {}::text from mlpipe_data.written order by entity_id").format(
-            reasons_sql(["tenure_days", "plan", "f"])
-        )
-    ).fetchall()
-    assert shown == [
-        (
-            '[{"feature": "plan", "contribution": -1.200}, '
-            '{"feature": "tenure_days", "contribution": 0.500}, '
-            '{"feature": "f", "contribution": 0.000}]',
-        ),
-        ('[{"feature": "plan", "contribution": 0.250}]',),
-        (None,),
+    top = [
+        '{"feature": "plan", "contribution": -1.200}',
+        '{"feature": "tenure_days", "contribution": 0.500}',
+        '{"feature": "f", "contribution": 0.000}',
     ]
+    # The job's k now: 3 as written; 4 shows the 3 a row has; 2 the two largest of them.
+    for k, shown in ((3, top), (4, top), (2, top[:2])):
+        assert conn.execute(
+            sql.SQL("select {}::text from mlpipe_data.written order by entity_id").format(
+                reasons_sql(["tenure_days", "plan", "f"], k)
+            )
+        ).fetchall() == [
+            ("[" + ", ".join(shown) + "]",),
+            ('[{"feature": "plan", "contribution": 0.250}]',),
+            (None,),
+        ]
