@@ -20,6 +20,7 @@ import numpy as np
 from psycopg import sql
 
 from mlpipe.artifacts import logit
+from mlpipe.errors import ArtifactError
 from mlpipe.features import matrix_columns
 from mlpipe.spec import JobSpec
 
@@ -102,8 +103,7 @@ class Surrogate:
                 step -= np.average(step, weights=counts)  # centred: zero on average over the rows
                 values[j] = step
                 residual -= step[bins[:, j]]
-        names = feature_groups(columns)
-        features = list(dict.fromkeys(names))
+        names, features = feature_groups(columns), reason_names(columns)
         groups = np.array([features.index(n) for n in names])
         fitted = cls(features, groups, edges, values, r2=None)
         return replace(fitted, r2=fitted.r2_on(*validation))
@@ -193,8 +193,9 @@ class ReasonWriter:
         names = features if names is None else names
         missing = [f for f in features if f not in names]
         if missing:
-            raise ValueError(
-                f"the model explains features the job does not have ({', '.join(missing)}): retrain it"
+            raise ArtifactError(
+                f"the model's reasons name features the job no longer has ({', '.join(missing)}; the job "
+                f"has {', '.join(names)}): retrain the model, or set outputs.reasons: 0"
             )
         self.k = min(k, len(features))
         self.positions = np.array([names.index(f) + 1 for f in features], dtype=np.int16)

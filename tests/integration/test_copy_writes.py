@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from psycopg import sql
@@ -102,3 +104,24 @@ def test_reasons_read_as_the_documented_json_and_older_days_as_stored(conn):
             ('[{"feature": "plan", "contribution": 0.250}]',),
             (None,),
         ]
+
+
+def test_the_migration_gives_older_prediction_tables_reason_codes(conn):
+    conn.execute(
+        "create table predictions.old_history (entity_id bigint, as_of date, reasons jsonb) "
+        "partition by range (as_of)"
+    )
+    conn.execute(
+        "create table mlpipe_data.old_r1 partition of predictions.old_history "
+        "for values from ('2026-01-01') to ('2026-01-02')"
+    )
+    # A run table not attached yet (a crashed run to resume) gets it too.
+    conn.execute("create table mlpipe_data.old_r2 (entity_id bigint, as_of date, reasons jsonb)")
+    migration = Path(__file__).resolve().parents[2] / "sql" / "015_reason_codes.sql"
+    for _ in range(2):  # safe to apply again
+        conn.execute(migration.read_text())
+    found = conn.execute(
+        """select table_name, data_type from information_schema.columns
+           where column_name = 'reason_codes' and table_name like 'old%' order by table_name"""
+    ).fetchall()
+    assert found == [("old_history", "ARRAY"), ("old_r1", "ARRAY"), ("old_r2", "ARRAY")]

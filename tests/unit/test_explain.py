@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from mlpipe.errors import ArtifactError
 from mlpipe.explain import ReasonWriter, Surrogate, feature_groups
 
 
@@ -60,7 +61,7 @@ def test_reason_codes_count_in_the_jobs_names_and_match_a_sort():
     writer = ReasonWriter(["b", "d"], 3, names=["a", "b", "c", "d"])
     assert writer.k == 2
     assert writer.encode(np.array([[0.1, -0.2]], dtype=np.float32)).tolist() == [[[4, -200], [2, 100]]]
-    with pytest.raises(ValueError, match="features the job does not have"):
+    with pytest.raises(ArtifactError, match="features the job no longer has"):
         ReasonWriter(["b", "e"], 1, names=["a", "b"])
 
     rng = np.random.default_rng(3)
