@@ -51,31 +51,22 @@ def reasons_sql(names: list[str], k: int) -> sql.Composed:
     [{"feature": "tenure_days", "contribution": -0.130}], from a row's reason_codes; days published
     before reason codes show their stored jsonb. The JSON text is put together from a constant array
     of each feature's opening (name already quoted) and the contributions, then read as jsonb: fewer
-    and cheaper steps than jsonb_build_object, so a lookup by key costs about what stored jsonb did.
-    A row with fewer codes than k (a day scored before k grew) shows what it has; with more, its k
-    largest."""
-    openings = [f'{{"feature": {json.dumps(name)}, "contribution": ' for name in names]
-
-    def reasons_of(count: int) -> sql.Composed:
-        items = (
-            sql.SQL(
-                "({openings}::text[])[reason_codes[{i}][1]] || (reason_codes[{i}][2] * 0.001)::text"
-            ).format(
-                openings=sql.Literal(openings), i=sql.Literal(i)
-            )  # thousandths: three decimals, as written
-            for i in range(1, count + 1)
-        )
-        return sql.SQL("('[' || {} || '}}]')::jsonb").format(sql.SQL(" || '}, ' || ").join(items))
-
+    and cheaper steps than jsonb_build_object, and one expression to plan, so a lookup by key costs
+    about what stored jsonb did. A row with fewer codes than k (a day scored before k grew) shows
+    what it has (a missing code makes its item NULL, coalesced away); with more, its k largest."""
     if k == 0:
         return sql.SQL("reasons")
-    shorter = sql.SQL(" ").join(
-        sql.SQL("when array_length(reason_codes, 1) = {} then {}").format(sql.Literal(n), reasons_of(n))
-        for n in range(1, k)
+    openings = sql.Literal([f'{{"feature": {json.dumps(name)}, "contribution": ' for name in names])
+    items = [
+        sql.SQL(
+            "({openings}::text[])[reason_codes[{i}][1]] || (reason_codes[{i}][2] * 0.001)::text || '}}'"
+        ).format(openings=openings, i=sql.Literal(i))  # thousandths: three decimals, as written
+        for i in range(1, k + 1)
+    ]
+    rest = [sql.SQL("coalesce(', ' || {}, '')").format(item) for item in items[1:]]
+    return sql.SQL("case when reason_codes is null then reasons else ('[' || {} || ']')::jsonb end").format(
+        sql.SQL(" || ").join([items[0], *rest])
     )
-    return sql.SQL(
-        "case when array_length(reason_codes, 1) >= {k} then {every} {shorter} else reasons end"
-    ).format(k=sql.Literal(k), every=reasons_of(k), shorter=shorter)
 
 
 @dataclass(frozen=True)
