@@ -25,7 +25,7 @@ from mlpipe import drift, publish, validate
 from mlpipe.copyio import copy_in_csv, copy_predictions
 from mlpipe.db import connection
 from mlpipe.errors import RunFailedError, SpecError
-from mlpipe.explain import ReasonWriter, Surrogate
+from mlpipe.explain import ReasonWriter, Surrogate, job_reason_names
 from mlpipe.extract import Chunk, read_features
 from mlpipe.features import entity_keys, find_bad_rows, to_matrix
 from mlpipe.registry import ModelVersion
@@ -244,25 +244,29 @@ def _write(
         scores >= ctx.threshold,
         _percentile(scores, version),
         version.model_version if own_version else None,
-        _reasons(version, matrix, ctx.reasons) if ctx.reasons else None,
+        _reasons(version, matrix, ctx) if ctx.reasons else None,
     )
 
 
-def _reasons(version: ModelVersion, matrix: np.ndarray, k: int) -> np.ndarray:
-    surrogate, writer = explainer(version, k)
+def _reasons(version: ModelVersion, matrix: np.ndarray, ctx: RunContext) -> np.ndarray:
+    spec = _load_spec(ctx.spec_path, Path(ctx.spec_path).stat().st_mtime_ns)  # checked by the chunk already
+    surrogate, writer = explainer(version, ctx.reasons, tuple(job_reason_names(spec)))
     return writer.encode(surrogate.contributions(matrix))
 
 
-_explainers: dict[tuple[int, int], tuple[Surrogate, ReasonWriter]] = {}
+_explainers: dict[tuple, tuple[Surrogate, ReasonWriter]] = {}
 
 
-def explainer(version: ModelVersion, k: int) -> tuple[Surrogate, ReasonWriter]:
-    """The model's reason surrogate and a writer of its top k reasons, built once per process."""
+def explainer(
+    version: ModelVersion, k: int, names: tuple[str, ...] | None = None
+) -> tuple[Surrogate, ReasonWriter]:
+    """The model's reason surrogate and a writer of its top k reasons as codes into `names` (the job's,
+    which the published view names them from; by default the surrogate's own), built once per process."""
     # Per process, like the model itself: chunk tasks of a run share one (a race builds it twice).
-    key = (version.model_id, k)
+    key = (version.model_id, k, names)
     if key not in _explainers:
         surrogate = Surrogate.from_dict(version.reference["explainer"])
-        _explainers[key] = (surrogate, ReasonWriter(surrogate.features, k))
+        _explainers[key] = (surrogate, ReasonWriter(surrogate.features, k, list(names) if names else None))
     return _explainers[key]
 
 

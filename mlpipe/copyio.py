@@ -21,6 +21,7 @@ from psycopg import sql
 BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 BINARY_TRAILER = struct.pack(">h", -1)
 _WRITE_BLOCK = 1 << 20
+SMALLINT_OID = 21
 
 
 def copy_out(
@@ -96,10 +97,10 @@ def prediction_rows(
     model_version: str | None = None,
     reasons: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Binary COPY rows for (key, float8, bool, float4[, text][, jsonb]), no Python per row: a numpy
-    record array when the key is an integer (every field fixed-width: the text is one constant, the
-    reasons are padded JSON of one width), else the rows' bytes, each text key between its length
-    and the fixed-width fields."""
+    """Binary COPY rows for (key, float8, bool, float4[, text][, smallint[][]]), no Python per row: a
+    numpy record array when the key is an integer (every field fixed-width: the text is one constant,
+    the reasons one (k, 2) array shape), else the rows' bytes, each text key between its length and
+    the fixed-width fields."""
     fields = [
         ("score_len", ">i4"), ("score", ">f8"),
         ("decision_len", ">i4"), ("decision", "u1"),
@@ -108,8 +109,10 @@ def prediction_rows(
     version = (model_version or "").encode()
     if model_version is not None:
         fields += [("version_len", ">i4"), ("version", f"S{len(version)}")]
-    if reasons is not None:  # jsonb's binary form: a version byte (1), then the JSON text
-        fields += [("reasons_len", ">i4"), ("reasons_format", "u1"), ("reasons", "u1", reasons.shape[1])]
+    if reasons is not None:  # a binary array: dimensions, no-NULL flag, element type, (size, lower bound)s
+        element = np.dtype([("len", ">i4"), ("value", ">i2")])
+        fields += [("reasons_len", ">i4"), ("reasons_head", ">i4", 3), ("reasons_dims", ">i4", 4)]
+        fields += [("reasons", element, reasons.shape[1:])]
     head = [("fields", ">i2"), ("key_len", ">i4")]
     integer_key = keys.dtype.kind in "iu"
     rows = np.empty(len(keys), dtype=np.dtype(head + ([("key", ">i8")] if integer_key else []) + fields))
@@ -120,7 +123,9 @@ def prediction_rows(
     if model_version is not None:
         rows["version_len"], rows["version"] = len(version), version
     if reasons is not None:
-        rows["reasons_len"], rows["reasons_format"], rows["reasons"] = reasons.shape[1] + 1, 1, reasons
+        rows["reasons_len"] = sum(rows.dtype[f].itemsize for f in ("reasons_head", "reasons_dims", "reasons"))
+        rows["reasons_head"], rows["reasons_dims"] = (2, 0, SMALLINT_OID), (reasons.shape[1], 1, 2, 1)
+        rows["reasons"]["len"], rows["reasons"]["value"] = 2, reasons
     if integer_key:
         rows["key_len"], rows["key"] = 8, keys
         return rows
@@ -160,10 +165,11 @@ def copy_predictions(
     reasons: np.ndarray | None = None,
 ) -> None:
     """Write scored rows into a run table with binary COPY; model_version, when given, overrides
-    the table's default (the challenger's rows in a batch A/B run); reasons are (rows, width) bytes
-    of JSON from explain.ReasonWriter."""
+    the table's default (the challenger's rows in a batch A/B run); reasons are (rows, k, 2) smallint
+    codes from explain.ReasonWriter, written to the reason_codes column."""
     columns = ["entity_id", "score", "decision", "percentile"]
-    columns += (["model_version"] if model_version else []) + (["reasons"] if reasons is not None else [])
+    columns += ["model_version"] if model_version else []
+    columns += ["reason_codes"] if reasons is not None else []
     statement = sql.SQL("copy {}.{} ({}) from stdin (format binary)").format(
         sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )

@@ -24,7 +24,7 @@ from typing import Literal, TypeVar
 import psycopg
 from psycopg import errors, sql
 
-from mlpipe import fallback, runs
+from mlpipe import explain, fallback, runs
 from mlpipe.errors import PublishTimeoutError, UsageError
 from mlpipe.spec import JobSpec
 
@@ -172,7 +172,7 @@ def _columns(spec: JobSpec) -> sql.Composed:
     return sql.SQL(
         "entity_id {key_type} not null, score double precision not null, decision boolean not null, "
         "percentile real not null, model_version text not null, as_of date not null, "
-        "run_id bigint not null, reasons jsonb"
+        "run_id bigint not null, reasons jsonb, reason_codes smallint[]"
     ).format(key_type=_KEY_SQL_TYPES[spec.entity.type])
 
 
@@ -356,7 +356,7 @@ def insert_into_day(
     """A top-up: the run's rows into the day's published partition in one transaction, rows only (no
     DDL on anything readers touch: they never wait); then its own tables (`drop`) go. Returns the
     rows inserted; an entity the day has by then keeps its row."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, VIEW_COLUMNS))
+    columns = sql.SQL(", ").join(map(sql.Identifier, (*VIEW_COLUMNS, "reason_codes")))
 
     def insert() -> int:
         row = conn.execute(
@@ -421,25 +421,37 @@ def _attach(
 
 
 def _ensure_view(conn: psycopg.Connection, spec: JobSpec) -> None:
-    """predictions.<job> over <job>_live, created once (or once moved there from a view of an older
-    release, which pointed at a day table): publishing never replaces it."""
+    """predictions.<job> over <job>_live, created once and replaced only when what it builds the
+    reasons' JSON from changes (the job's feature list, or how many reasons it keeps): a publish
+    otherwise never touches it. The definition's reasons part is kept in the view's comment."""
     view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
     live = sql.Identifier(DATA_SCHEMA, live_name(spec))
-    over_live = conn.execute(
-        """select exists (select from pg_depend d join pg_rewrite r on r.oid = d.objid
-                          where r.ev_class = to_regclass(%s) and d.refobjid = to_regclass(%s))""",
-        [view.as_string(conn), live.as_string(conn)],
-    ).fetchone()[0]
-    if over_live:
+    names = explain.job_reason_names(spec)
+    reasons = explain.reasons_sql(names, min(spec.outputs.reasons, len(names)))  # JSON from compact codes
+    signature = f"mlpipe reasons: {reasons.as_string(conn)}"
+    current = conn.execute(
+        """select obj_description(to_regclass(%(view)s), 'pg_class'),
+                  exists (select from pg_depend d join pg_rewrite r on r.oid = d.objid
+                          where r.ev_class = to_regclass(%(view)s) and d.refobjid = to_regclass(%(live)s))""",
+        {"view": view.as_string(conn), "live": live.as_string(conn)},
+    ).fetchone()
+    if current == (signature, True):
         return
-    columns = sql.SQL(", ").join(sql.Identifier("live", c) for c in VIEW_COLUMNS)
+    columns = [sql.Identifier("live", c) for c in VIEW_COLUMNS if c != "reasons"]
     # The pointer is read once per lookup (an InitPlan); a child it does not name is filtered out.
     conn.execute(
         sql.SQL(
-            "create or replace view {view} as select {columns} from {live} as live "
+            "create or replace view {view} as select {columns}, {reasons} as reasons from {live} as live "
             "where live.tableoid = (select v.live_table from mlpipe.live_views as v where v.job = {job})"
-        ).format(view=view, columns=columns, live=live, job=sql.Literal(spec.name))
+        ).format(
+            view=view,
+            columns=sql.SQL(", ").join(columns),
+            reasons=reasons,
+            live=live,
+            job=sql.Literal(spec.name),
+        )
     )
+    conn.execute(sql.SQL("comment on view {} is {}").format(view, sql.Literal(signature)))
     _hand_to_writer(conn, "view", view)
     conn.execute(sql.SQL("grant select on {} to {}").format(view, sql.Identifier(READER_ROLE)))
 

@@ -408,8 +408,17 @@ def lookup(
     table = spec.name if as_of is None else f"{spec.name}_history"
     query = sql.SQL("select * from {} where entity_id = %s").format(sql.Identifier("predictions", table))
     params: list = [key]
-    if as_of is not None:
-        query = sql.SQL("{} and as_of = %s").format(query)
+    if as_of is not None:  # history keeps reasons as codes: the JSON the view would show, built alike
+        from mlpipe import explain
+
+        names = explain.job_reason_names(spec)
+        query = sql.SQL(
+            "select entity_id, score, decision, percentile, model_version, as_of, run_id, {} as reasons "
+            "from {} where entity_id = %s and as_of = %s"
+        ).format(
+            explain.reasons_sql(names, min(spec.outputs.reasons, len(names))),
+            sql.Identifier("predictions", table),
+        )
         params.append(parse_day(as_of))
     with db.connection(url) as conn:
         if conn.execute("select to_regclass(%s)", [f"predictions.{table}"]).fetchone()[0] is None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from mlpipe.explain import job_reason_names
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
 from tests.helpers import TODAY, score
@@ -28,6 +33,22 @@ def test_published_rows_carry_their_top_reasons(db_url, conn):
         " join mlpipe.model_aliases a using (model_id) where a.job = 'churn' and a.alias = 'champion'"
     ).fetchone()[0]
     assert float(fit) > 0.8, "the surrogate follows the model on validation rows"
+
+    # Stored compactly, read as JSON: the day in history keeps the codes the view's JSON comes from,
+    # and the operator's lookup of that day in history shows the same reasons as the view.
+    entity, codes = conn.execute(
+        "select entity_id, reason_codes from predictions.churn_history where as_of = %s limit 1", [TODAY]
+    ).fetchone()
+    shown = {key: reasons for key, _, reasons in rows}[entity]
+    order = job_reason_names(spec)  # codes count in the job's features: [position, thousandths]
+    assert [[order.index(r["feature"]) + 1, round(r["contribution"] * 1000)] for r in shown] == codes
+    out = subprocess.run(
+        [sys.executable, "-m", "mlpipe.cli", "lookup", str(entity), "--as-of", str(TODAY), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout)["reasons"] == shown
 
     # The reasons explain the score: the riskiest tenth is pushed up, the safest tenth down.
     first = np.array([r[2][0]["contribution"] for r in rows])

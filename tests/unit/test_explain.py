@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
+from mlpipe.errors import ArtifactError
 from mlpipe.explain import ReasonWriter, Surrogate, feature_groups
 
 
@@ -41,18 +43,40 @@ def test_surrogate_round_trips_and_groups_one_hot_inputs():
     assert np.array_equal(again.contributions(x), surrogate.contributions(x))
 
 
-def test_reasons_are_the_largest_contributions_in_order_as_valid_json():
+def test_reasons_are_the_largest_contributions_in_order_as_codes():
     writer = ReasonWriter(["tenure_days", "plan", "f"], 2)
-    contributions = np.array([[0.5, -1.2, 0.1], [0.0, 0.0, 0.0], [12.0, -0.0004, 3.14159]], dtype=np.float32)
-    encoded = writer.encode(contributions)
-    assert encoded.shape == (3, writer.width)
-    rows = [json.loads(row.tobytes()) for row in encoded]
-    assert rows[0] == [
-        {"feature": "plan", "contribution": -1.2},
-        {"feature": "tenure_days", "contribution": 0.5},
-    ]
-    assert [r["contribution"] for r in rows[1]] == [0.0, 0.0]
-    assert rows[2] == [
-        {"feature": "tenure_days", "contribution": 9.999},
-        {"feature": "f", "contribution": 3.142},
-    ]
+    contributions = np.array(
+        [[0.5, -1.2, 0.1], [0.0, 0.0, 0.0], [12.0, -0.0004, 3.14159], [0.3, -0.3, 0.3]], dtype=np.float32
+    )
+    codes = writer.encode(contributions)
+    assert codes.dtype == np.int16 and codes.shape == (4, 2, 2)
+    # [position in the names, 1-based; contribution in thousandths], largest by size first.
+    assert codes[0].tolist() == [[2, -1200], [1, 500]]
+    assert codes[1].tolist() == [[1, 0], [2, 0]], "ties: the earlier feature first"
+    assert codes[2].tolist() == [[1, 9999], [3, 3142]], "clipped to +-9.999, rounded to thousandths"
+    assert codes[3].tolist() == [[1, 300], [2, -300]]
+
+
+def test_reason_codes_count_in_the_jobs_names_and_match_a_sort():
+    writer = ReasonWriter(["b", "d"], 3, names=["a", "b", "c", "d"])
+    assert writer.k == 2
+    assert writer.encode(np.array([[0.1, -0.2]], dtype=np.float32)).tolist() == [[[4, -200], [2, 100]]]
+    with pytest.raises(ArtifactError, match="features the job no longer has"):
+        ReasonWriter(["b", "e"], 1, names=["a", "b"])
+
+    rng = np.random.default_rng(3)
+    contributions = np.round(rng.normal(size=(5_000, 12)), 1).astype(np.float32)  # many ties
+    codes = ReasonWriter([f"x{i}" for i in range(12)], 4).encode(contributions)
+    order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :4]
+    assert np.array_equal(codes[:, :, 0], order + 1)
+    assert np.array_equal(codes[:, :, 1], np.rint(np.take_along_axis(contributions, order, 1) * 1000))
+
+
+def test_contributions_bin_like_a_binary_search():
+    x, margin = _world(20_000)
+    x[:50, 1] = np.inf  # beyond every edge: the last bin, as searchsorted puts it
+    surrogate = Surrogate.fit(x, margin, ["a", "b", "c", "d"], (x, margin))
+    expected = np.zeros((4, len(x)), dtype=np.float32)
+    for j, (edges, values) in enumerate(zip(surrogate._search_edges, surrogate._values32, strict=True)):
+        expected[j] = values[np.searchsorted(edges, x[:, j], side="right")]
+    assert np.array_equal(surrogate.contributions(x), expected.T)
