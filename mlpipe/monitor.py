@@ -263,11 +263,12 @@ def _outcomes(spec: JobSpec):
     """(query, params for a day) of the (key, label) pairs for a day, or None when the job has none."""
     horizon = spec.training.horizon_days
     if spec.sources.outcomes:
+        # One row per outcome (performance.day_bins checks keys for duplicates); the window's bounds
+        # are scalar subqueries, so PostgreSQL computes them once, not for each of millions of rows.
         query = sql.SQL(
-            """select {key}, max(outcome)::int as label from ({source}) as o
-               where observed_at >= %(cutoff)s::timestamptz
-                 and observed_at < %(cutoff)s::timestamptz + make_interval(days => %(horizon_days)s)
-               group by 1"""
+            """select {key}, outcome::int as label from ({source}) as o
+               where observed_at >= (select %(cutoff)s::timestamptz)
+                 and observed_at < (select %(cutoff)s::timestamptz + %(horizon_days)s * interval '1 day')"""
         ).format(key=sql.Identifier(spec.entity.key), source=sql.SQL(spec.sql("outcomes")))
     elif spec.history:
         query = sql.SQL(spec.sql("labels"))

@@ -2,8 +2,10 @@
 
 PostgreSQL joins the day's history partition to its outcomes and returns (model version, score bin)
 aggregates: at most SCORE_BINS rows per model version whatever the day's size, so nothing like a day
-of rows ever reaches Python. With 100,000 equal score bins, AUC differs from the exact figure only by
-pairs whose scores fall in the same bin (counted as ties): far below 0.001 in practice.
+of rows ever reaches Python. With 10,000 equal score bins, AUC differs from the exact figure only by
+pairs whose scores fall in the same bin (counted as ties): measured at most 5e-6 on 2M scores of
+skewed and sharp distributions (0.001 allowed). Not finer: the grouping is most of the query's work
+and it slows down once its groups outgrow the processor's cache (100,000 bins took twice as long).
 
 Estimated performance (confidence-based, as NannyML's CBPE) reads the same bins without outcomes:
 a calibrated score s is an expected s positives and 1 - s negatives, so the expected AUC and positive
@@ -13,6 +15,7 @@ outcome (the scores look as confident as ever), only changes in what is scored.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import date
 
@@ -24,7 +27,9 @@ from mlpipe.calibration import Calibration
 from mlpipe.errors import SourceError
 from mlpipe.spec import JobSpec
 
-SCORE_BINS = 100_000
+log = logging.getLogger(__name__)
+
+SCORE_BINS = 10_000
 WORK_MEM = "256MB"
 CALIBRATION_BINS = 10
 _EPS = 1e-15
@@ -54,10 +59,50 @@ def day_bins(
     outcomes: tuple[sql.Composable, dict] | None = None,
 ) -> tuple[dict, dict]:
     """(model_version -> Bins of every scored row, model_version -> Bins of the rows with an outcome)
-    of a published (or shadow) day, in one scan of it. `outcomes` is a (key, label) query and its
-    parameters; without it the second dict is empty."""
+    of a published (or shadow) day, in one scan of it. `outcomes` is a (key, label) query, one row per
+    outcome, and its parameters; without it the second dict is empty.
+
+    Outcomes are joined as they come, one row per key assumed: grouping 10M outcomes by key first took
+    most of the monitor's time (a hash aggregate per parallel worker). A key with several outcome rows
+    would count its day's score more than once, so the joined rows are checked against the day's rows;
+    if there are more, the day is computed again on each key's highest outcome, and the log says so."""
+    history = _history(spec, kind)
+    if outcomes is None:
+        rows = _day_rows(conn, spec, day, history, _no_outcomes(spec), {})
+        return _collect([r[:4] for r in rows]), {}
+    source, params = outcomes
+    rows = _day_rows(conn, spec, day, history, source, params)
+    joined, scored = sum(r[2] for r in rows), _count(conn, history, day)
+    if joined > scored:
+        log.warning(
+            "%s %s: the outcomes have %d more rows than the %d entities scored that day (several "
+            "outcomes for a key): each entity's highest outcome counts, which takes longer; a source with "
+            "one row per key and day avoids it",
+            spec.name,
+            day,
+            joined - scored,
+            scored,
+        )
+        highest = sql.SQL("select {key}, max(label) as label from ({source}) as o group by 1").format(
+            key=sql.Identifier(spec.entity.key), source=source
+        )
+        rows = _day_rows(conn, spec, day, history, highest, params)
+    scored_bins = _collect([r[:4] for r in rows])
+    return scored_bins, _collect([(r[0], r[1], *r[4:]) for r in rows if r[4]])
+
+
+def _day_rows(
+    conn: psycopg.Connection,
+    spec: JobSpec,
+    day: date,
+    history: sql.Identifier,
+    source: sql.Composable,
+    params: dict,
+) -> list[tuple]:
+    """(version, bin, n, score sum, with outcome, their score sum, positives, log-loss sum, Brier sum)."""
     query = sql.SQL(
-        """select h.model_version, least(width_bucket(h.score, 0, 1, {bins}), {bins}) as bin,
+        """with outcomes as ({source})
+           select h.model_version, least(width_bucket(h.score, 0, 1, {bins}), {bins}) as bin,
                   count(*), sum(h.score), count(o.label), sum(h.score) filter (where o.label is not null),
                   sum(o.label),
                   -sum(o.label * ln(greatest(h.score, {eps}))
@@ -66,25 +111,29 @@ def day_bins(
            from {history} as h left join outcomes as o on o.{key} = h.entity_id
            where h.as_of = %(day)s group by 1, 2"""
     ).format(
+        source=source,
         bins=sql.Literal(SCORE_BINS),
         eps=sql.Literal(_EPS),
-        history=_history(spec, kind),
+        history=history,
         key=sql.Identifier(spec.entity.key),
     )
-    # No outcomes: a source of none, so one query serves both cases (the planner drops the join).
-    none = sql.SQL("select null::{type} as {key}, null::int as label where false").format(
+    try:
+        return _aggregate(conn, query, {**params, "day": day})
+    except psycopg.errors.DataError as exc:  # e.g. a label that is not a number
+        raise SourceError(f"job {spec.name}: the outcomes of {day} could not be joined: {exc}") from exc
+
+
+def _no_outcomes(spec: JobSpec) -> sql.Composable:
+    # A source of none, so one query serves both cases (the planner drops the join).
+    return sql.SQL("select null::{type} as {key}, null::int as label where false").format(
         type=sql.SQL(spec.entity.type),  # bigint or text: validated by the spec
         key=sql.Identifier(spec.entity.key),
     )
-    source, params = outcomes or (none, {})
-    query = sql.SQL("with outcomes as ({}) {}").format(source, query)
-    try:
-        rows = _aggregate(conn, query, {**params, "day": day})
-    except psycopg.errors.DataError as exc:  # e.g. a label that is not a number
-        raise SourceError(f"job {spec.name}: the outcomes of {day} could not be joined: {exc}") from exc
-    scored = _collect([(r[0], r[1], r[2], r[3]) for r in rows])
-    with_outcome = [r for r in rows if r[4]] if outcomes else []
-    return scored, _collect([(r[0], r[1], *r[4:]) for r in with_outcome])
+
+
+def _count(conn: psycopg.Connection, history: sql.Identifier, day: date) -> int:
+    query = sql.SQL("select count(*) from {} where as_of = %s").format(history)
+    return conn.execute(query, [day]).fetchone()[0]
 
 
 def _aggregate(conn: psycopg.Connection, query: sql.Composable, params: dict) -> list[tuple]:

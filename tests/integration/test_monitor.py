@@ -135,6 +135,29 @@ def test_a_matured_day_without_outcomes_or_of_one_class_says_why(conn, tmp_path,
     assert matured and auc is None and unavailable == reason
 
 
+def test_several_outcomes_for_a_key_are_detected_said_and_the_highest_counts(conn, tmp_path, caplog):
+    day = days_ago(40)
+    score("churn", day)
+    # Every customer twice in the day's window: a 0 first, then 1 for odd keys (a 0 again for even ones).
+    spec = _churn_with_outcomes(
+        tmp_path,
+        "select customer_id, 0 as outcome, %(cutoff)s::timestamptz as observed_at from demo.customers "
+        "union all select customer_id, customer_id %% 2, %(cutoff)s::timestamptz + interval '1 day' "
+        "from demo.customers",
+    )
+    monitor.monitor(conn, spec, date.today())
+    n, positives = conn.execute(
+        "select n, positives from mlpipe.performance where as_of = %s and arm = 'champion'", [day]
+    ).fetchone()
+    scored = conn.execute(
+        "select count(*), count(*) filter (where entity_id %% 2 = 1) from predictions.churn_history "
+        "where as_of = %s",
+        [day],
+    ).fetchone()
+    assert (n, positives) == scored, "each scored entity once, with its highest outcome"
+    assert any(f"{scored[0]} more rows than the {scored[0]} entities" in m for m in caplog.messages)
+
+
 def test_a_snapshot_job_gets_drift_and_estimates_but_no_realized_figures(conn):
     score("titanic", days_ago(40))
     monitor.monitor(conn, load_job("titanic", Settings()), date.today())
