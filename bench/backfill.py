@@ -5,9 +5,10 @@
 
 The churn model trains on a small world (--train-entities), then the demo world is generated again with
 N customers (same end day) and scored. In one fresh worker process, after Prefect's local API is up:
-  one day:  the backfill flow over the newest day alone;
+  one day:  the backfill flow over the newest day alone (after an uncounted first run of it, which
+            pays the process's first use: imports, loading the model, the database's cache);
   backfill: the backfill flow over the --days days ending on that day, oldest first.
-The target is backfill_s <= days * one_day_s (+ a little): nothing per day that is not the day's own
+The target is backfill_s <= (days + 0.5) * one_day_s: nothing per day that is not the day's own
 work. Per day it prints the scoring time mlpipe.runs records (lock to publish) and the rest of the
 day's wall time (the subflow around it: Prefect's run, the report, metrics).
 The last line is one JSON object with days, one_day_s, backfill_s, ratio and per-day figures. Uses
@@ -38,6 +39,7 @@ def worker(end: date, days: int) -> dict:
         results = backfill_flow(job="churn", start=start, end=end)
         return time.perf_counter() - started, results
 
+    timed(end)  # first use in the process (imports, the verified model, the database's cache): not counted
     one_day_s, one = timed(end)
     backfill_s, results = timed(end - timedelta(days=days - 1))
     return {
@@ -112,7 +114,8 @@ def main() -> None:
     ratio = out["backfill_s"] / out["one_day_s"]
     print(
         f"\none day: {out['one_day_s']:.2f}s wall ({out['one_day_scoring_s']:.2f}s scoring, "
-        f"{out['one_day_rows']:,} rows); {args.days} days: {out['backfill_s']:.2f}s wall = {ratio:.2f}x one day "
+        f"{out['one_day_rows']:,} rows); {args.days} days: {out['backfill_s']:.2f}s wall = "
+        f"{ratio:.2f}x one day "
         f"(target <= {args.days + 0.5}x); per day outside scoring: {overhead:.2f}s "
         f"(one day alone: {out['one_day_s'] - out['one_day_scoring_s']:.2f}s)"
     )
