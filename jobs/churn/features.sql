@@ -4,7 +4,17 @@
 -- table (PostgreSQL pushes a filter on the grouping key below GROUP BY and into each UNION ALL arm):
 -- a chunk reads its own customers' rows by range, through the (customer_id, *_at) indexes, instead
 -- of one lookup per customer. A join of the pieces would not carry the range filter over.
-with population as (
+with bounds as (
+    -- The windows' bounds, computed once: a date cast to timestamptz is not a constant to the
+    -- planner, so written inline it would be computed again for every row it is compared with.
+    select
+        %(as_of)s::timestamptz as as_of_at,
+        %(as_of)s::timestamptz - interval '30 days' as since_30d_at,
+        %(as_of)s::timestamptz - interval '60 days' as since_60d_at,
+        %(as_of)s::timestamptz - interval '90 days' as since_90d_at
+),
+
+population as (
     select
         active_customers.customer_id,
         active_customers.signup_at,
@@ -18,20 +28,20 @@ activity as (
         events.customer_id,
         count(*) filter (
             where events.kind = 'session'
-                and events.event_at >= (select %(as_of)s::timestamptz - interval '30 days')
+                and events.event_at >= (select bounds.since_30d_at from bounds)
         ) as sessions_30d,
         count(*) filter (
             where events.kind = 'session'
-                and events.event_at < (select %(as_of)s::timestamptz - interval '30 days')
+                and events.event_at < (select bounds.since_30d_at from bounds)
         ) as sessions_prev_30d,
         count(*) filter (
             where events.kind = 'support'
-                and events.event_at >= (select %(as_of)s::timestamptz - interval '30 days')
+                and events.event_at >= (select bounds.since_30d_at from bounds)
         ) as support_tickets_30d,
         max(events.event_at) filter (where events.kind = 'session') as last_session_at
     from demo.events as events
-    where events.event_at >= %(as_of)s::timestamptz - interval '60 days'
-        and events.event_at < %(as_of)s::timestamptz
+    where events.event_at >= (select bounds.since_60d_at from bounds)
+        and events.event_at < (select bounds.as_of_at from bounds)
     group by events.customer_id
 ),
 
@@ -41,8 +51,8 @@ billing as (
         count(*) as payments_90d,
         count(*) filter (where payments.status = 'failed') as payments_failed_90d
     from demo.payments as payments
-    where payments.charged_at >= (select %(as_of)s::timestamptz - interval '90 days')
-        and payments.charged_at < %(as_of)s::timestamptz
+    where payments.charged_at >= (select bounds.since_90d_at from bounds)
+        and payments.charged_at < (select bounds.as_of_at from bounds)
     group by payments.customer_id
 ),
 
