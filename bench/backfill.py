@@ -6,7 +6,8 @@
 The churn model trains on a small world (--train-entities), then the demo world is generated again with
 N customers (same end day) and scored. In one fresh worker process, after Prefect's local API is up:
   one day:  the backfill flow over the newest day alone (after an uncounted first run of it, which
-            pays the process's first use: imports, loading the model, the database's cache);
+            pays the process's first use: imports, loading the model, the database's cache), timed
+            before and after the backfill; one_day_s is the mean of the two;
   backfill: the backfill flow over the --days days ending on that day, oldest first.
 The target is backfill_s <= (days + 0.5) * one_day_s: nothing per day that is not the day's own
 work. Per day it prints the scoring time mlpipe.runs records (lock to publish) and the rest of the
@@ -40,10 +41,12 @@ def worker(end: date, days: int) -> dict:
         return time.perf_counter() - started, results
 
     timed(end)  # first use in the process (imports, the verified model, the database's cache): not counted
-    one_day_s, one = timed(end)
+    before_s, one = timed(end)
     backfill_s, results = timed(end - timedelta(days=days - 1))
+    after_s, _ = timed(end)  # the day again after the backfill: a machine that got busier shows here
     return {
-        "one_day_s": one_day_s,
+        "one_day_s": (before_s + after_s) / 2,
+        "one_day_runs_s": [before_s, after_s],
         "one_day_rows": one[0]["rows_scored"],
         "one_day_scoring_s": one[0]["timings"]["total_s"],
         "backfill_s": backfill_s,
@@ -126,6 +129,7 @@ def main() -> None:
                 "entities": args.entities,
                 "one_day_s": round(out["one_day_s"], 3),
                 "one_day_scoring_s": round(out["one_day_scoring_s"], 3),
+                "one_day_runs_s": [round(x, 3) for x in out["one_day_runs_s"]],
                 "backfill_s": round(out["backfill_s"], 3),
                 "ratio": round(ratio, 3),
                 "target_ratio": args.days + 0.5,
