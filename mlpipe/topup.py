@@ -113,6 +113,15 @@ class TopUp(ScoringRun):
             sql.Identifier(spec.entity.key), sql.Identifier(publish.DATA_SCHEMA, self.keys_table)
         )
         self.population, self.chunks = plan_chunks(conn, spec, self.moment, self.settings.chunk_rows, keys)
+        if self.chunks and self.chunks[0].key_lo is None:
+            # New keys are few and mostly the newest: a lower bound lets a set-based features SQL
+            # (aggregating by key) read only their range, where the key list alone would not reach it.
+            lowest = conn.execute(
+                sql.SQL("select min(entity_id) from {}").format(
+                    sql.Identifier(publish.DATA_SCHEMA, self.keys_table)
+                )
+            ).fetchone()[0]
+            self.chunks[0] = dataclasses.replace(self.chunks[0], key_lo=lowest)
         self.timings["plan_s"] = round(time.monotonic() - planned, 3)
         if self.population == 0:
             self.chunks = []  # nothing to score: finish records that and drops the tables
