@@ -323,8 +323,8 @@ class ScoringRun:
 
     def _finish(self, results: list[ChunkResult]) -> RunSummary:
         scored, quarantined, histogram, inputs = self._tally(results)
-        # The index builds in the server while the gate runs here: two cores, not one after the other.
-        # If the gate fails, the indexed table is dropped with the run like any other.
+        # The table is analyzed in the server (and indexed, if a resumed run's older table has no key
+        # index) while the gate runs here. If the gate fails, the table is dropped with the run.
         with ThreadPoolExecutor(max_workers=1) as pool:
             indexing = pool.submit(self._index_tables)
             try:
