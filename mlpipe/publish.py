@@ -220,14 +220,17 @@ def create_run_table(
     kind: Kind = "published",
 ) -> str:
     """The run's own table. Constant columns come from defaults so COPY only sends what varies, and
-    the check on as_of lets queries on history skip the other days (constraint exclusion). Autovacuum
+    the check on as_of lets queries on history skip the other days (constraint exclusion). The key
+    index exists from the start: each chunk's COPY maintains its part while other chunks compute,
+    instead of one build after the last chunk, on the run's critical path. Autovacuum
     stays off: the table is written once and analyzed by the run, and an autovacuum worker on it would
     hold the lock that INHERIT needs, stalling publish for seconds (anti-wraparound vacuums still run)."""
     name = run_table_name(spec, run_id, kind)
     target = sql.Identifier(DATA_SCHEMA, name)
     conn.execute(
         sql.SQL(
-            "create table {table} ({columns}, check (as_of = {as_of})) with (autovacuum_enabled = off)"
+            "create table {table} ({columns}, primary key (entity_id, as_of), check (as_of = {as_of})) "
+            "with (autovacuum_enabled = off)"
         ).format(table=target, columns=_columns(spec), as_of=sql.Literal(as_of))
     )
     _hand_to_writer(conn, "table", target)
@@ -241,7 +244,8 @@ def create_run_table(
 
 
 def index_run_table(conn: psycopg.Connection, table: str) -> None:
-    """Build the key index after the load (faster than maintaining it row by row) and analyze."""
+    """Analyze the loaded table; add the key index if it has none (a crashed run's table from a
+    release that built it after the load, resumed now)."""
     target = sql.Identifier(DATA_SCHEMA, table)
     indexed = conn.execute(
         """select exists (select from pg_constraint c join pg_class t on t.oid = c.conrelid
@@ -249,12 +253,11 @@ def index_run_table(conn: psycopg.Connection, table: str) -> None:
                           where n.nspname = %s and t.relname = %s and c.contype = 'p')""",
         [DATA_SCHEMA, table],
     ).fetchone()[0]
-    if indexed:  # a resumed run whose first attempt got this far
-        return
     with conn.transaction():
-        # The default 64MB makes a 10M-row sort spill to disk; this is the server's memory, for seconds.
-        conn.execute("set local maintenance_work_mem = '512MB'")
-        conn.execute(sql.SQL("alter table {} add primary key (entity_id, as_of)").format(target))
+        if not indexed:
+            # The default 64MB makes a 10M-row sort spill to disk; this is the server's memory, for seconds.
+            conn.execute("set local maintenance_work_mem = '512MB'")
+            conn.execute(sql.SQL("alter table {} add primary key (entity_id, as_of)").format(target))
         # Lookups need only the unique index; the statistics serve analysts' queries on history, for
         # which a 3,000-row sample does (the default 30,000 reads every page of a 1M-row table).
         conn.execute("set local default_statistics_target = 10")

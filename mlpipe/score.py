@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
@@ -74,7 +74,6 @@ class ScoringRun:
     ) -> ScoringRun:
         """Take the (job, day) lock, resolve and verify the model, create the run table, plan chunks."""
         spec.check_as_of(as_of)
-        validate.warm_up()
         run = cls(url, settings, spec, as_of)
         return run._started(lambda: run._start(model_version))
 
@@ -98,14 +97,20 @@ class ScoringRun:
                 f"for {as_of}; wait for it to finish (`mlpipe runs`) and run again"
             )
         self._check_history_window()
+        # The plan (a pass over the population) needs neither the models nor the run: it runs on its
+        # own connection while they load. A crashed run that is resumed brings its own plan.
+        planning = None if runs.crashed(conn, "score", spec.name, as_of) else self._plan_ahead()
         with conn.transaction():
             publish.ensure_job_tables(conn, spec)
         self.model = registry.resolve(conn, spec.name, model_version)
         self._check_model(self.model)
         self.challenger = self._challenger()
+        # Only once the models are loaded: GX importing in its thread while XGBoost imports here can
+        # deadlock on a module both import (narwhals, seen as _DeadlockError).
+        validate.warm_up()
         check_features_source(conn, spec, as_of)
         if not self._resume_crashed_run():
-            self._new_run()
+            self._new_run(planning or self._plan_ahead())
         log.info(
             "run %s: %s as of %s with %s, %d entities in %d chunks",
             self.run_id,
@@ -116,7 +121,21 @@ class ScoringRun:
             len(self.chunks),
         )
 
-    def _new_run(self) -> None:
+    def _plan_ahead(self) -> Future:
+        """Plan the chunks in a thread of its own; the future gives (population, chunks, seconds)."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlpipe-plan")
+        try:
+            return pool.submit(self._plan)
+        finally:
+            pool.shutdown(wait=False)  # the plan finishes on its own; nothing else runs there
+
+    def _plan(self) -> tuple[int, list[Chunk], float]:
+        started = time.monotonic()
+        with connection(self.url, autocommit=True) as conn:
+            population, chunks = plan_chunks(conn, self.spec, self.as_of, self.settings.chunk_rows)
+        return population, chunks, time.monotonic() - started
+
+    def _new_run(self, planning: Future) -> None:
         conn, spec, as_of = self.conn, self.spec, self.as_of
         self.spec_digest = spec_digest(spec)
         self.run_id = runs.start(
@@ -136,9 +155,10 @@ class ScoringRun:
             self.shadow_table = publish.create_run_table(
                 conn, spec, self.run_id, as_of, self.challenger.model_version, kind="shadow"
             )
-        planned = time.monotonic()
-        self.population, self.chunks = plan_chunks(conn, spec, as_of, self.settings.chunk_rows)
-        self.timings["plan_s"] = round(time.monotonic() - planned, 3)
+        waited = time.monotonic()
+        self.population, self.chunks, plan_query_s = planning.result()
+        # plan_s: what the run waited for the plan, after the start-up work it overlapped.
+        self.timings.update(plan_s=round(time.monotonic() - waited, 3), plan_query_s=round(plan_query_s, 3))
         plan = [[c.chunk_no, c.key_lo, c.key_hi, c.is_last] for c in self.chunks]
         runs.record_plan(conn, self.run_id, self.population, plan)
 
@@ -303,8 +323,8 @@ class ScoringRun:
 
     def _finish(self, results: list[ChunkResult]) -> RunSummary:
         scored, quarantined, histogram, inputs = self._tally(results)
-        # The index builds in the server while the gate runs here: two cores, not one after the other.
-        # If the gate fails, the indexed table is dropped with the run like any other.
+        # The table is analyzed in the server (and indexed, if a resumed run's older table has no key
+        # index) while the gate runs here. If the gate fails, the table is dropped with the run.
         with ThreadPoolExecutor(max_workers=1) as pool:
             indexing = pool.submit(self._index_tables)
             try:

@@ -81,9 +81,19 @@ class GateFailed(RunFailedError):
 
 
 def warm_up() -> None:
-    """Import GX and build its context in the background (seconds of CPU), so that the output gate
-    does not wait for it at the end of a run; started while the run plans, when this side is idle."""
-    threading.Thread(target=_data_source, name="mlpipe-gx-warm-up", daemon=True).start()
+    """Import GX, build its context and run the output gate's checks once on a passing example, in
+    the background while the run plans and scores: GX's first validation of each kind costs several
+    times a later one (0.33 s against 0.08 s measured), and the real gate is on the run's critical path."""
+    threading.Thread(target=_rehearse_gate, name="mlpipe-gx-warm-up", daemon=True).start()
+
+
+def _rehearse_gate() -> None:
+    chunks = pd.DataFrame(
+        [{"rows_in": 1, "rows_scored": 1, "rows_quarantined": 0, "min_score": 0.5, "max_score": 0.5}]
+    )
+    missing = pd.DataFrame([{"chunk_no": 0, "column": "x", "missing_over_allowance": -0.1}])
+    if check_output(chunks, missing, 1, 0.0, 0.0, 0.1):
+        log.warning("the output gate's rehearsal failed on a passing example")
 
 
 def _data_source():
