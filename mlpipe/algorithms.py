@@ -80,7 +80,10 @@ class LinearModel:
     algorithm: str = "logistic_regression"
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
-        values = np.where(np.isnan(matrix), self.impute.astype(np.float32), matrix).astype(np.float64)
+        values = np.where(np.isnan(matrix), self.impute.astype(np.float32), matrix)
+        # Row-major whatever the matrix's layout: BLAS sums a row in another order for another layout,
+        # and a row must get the same score in evaluation and in any chunk.
+        values = values.astype(np.float64, order="C")
         logits = ((values - self.mean) / self.scale) @ self.coef + self.intercept
         return 1.0 / (1.0 + np.exp(-logits))
 
