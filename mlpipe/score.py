@@ -74,7 +74,6 @@ class ScoringRun:
     ) -> ScoringRun:
         """Take the (job, day) lock, resolve and verify the model, create the run table, plan chunks."""
         spec.check_as_of(as_of)
-        validate.warm_up()
         run = cls(url, settings, spec, as_of)
         return run._started(lambda: run._start(model_version))
 
@@ -103,6 +102,9 @@ class ScoringRun:
         self.model = registry.resolve(conn, spec.name, model_version)
         self._check_model(self.model)
         self.challenger = self._challenger()
+        # Only once the models are loaded: GX and XGBoost (through scikit-learn) both import narwhals,
+        # and two threads importing it at once can fail with a _DeadlockError.
+        validate.warm_up()
         check_features_source(conn, spec, as_of)
         if not self._resume_crashed_run():
             self._new_run()
