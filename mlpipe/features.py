@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlpipe.errors import SourceError
 from mlpipe.spec import Feature, JobSpec
@@ -143,9 +145,6 @@ def to_matrix(
 def category_codes(column: pd.Series, categories: list[str]) -> np.ndarray:
     """Each value's position in `categories`, -1 when missing or unknown: one hash lookup per row, in
     Arrow (the chunk's strings are Arrow's already: no Python string per row)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     codes = pc.index_in(pa.array(column), value_set=pa.array(categories, type=pa.string()))
     return codes.fill_null(-1).to_numpy()
 
