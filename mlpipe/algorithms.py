@@ -49,6 +49,7 @@ class FitInput:
     columns: list[str]
     seed: int
     monotone: list[int]  # per column: +1 increasing, -1 decreasing, 0 free
+    categorical: list[bool]  # per column: holds category codes (mlpipe.features.categorical_columns)
     deadline: float  # time.monotonic() after which boosting stops
 
 
@@ -79,7 +80,10 @@ class LinearModel:
     algorithm: str = "logistic_regression"
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
-        values = np.where(np.isnan(matrix), self.impute.astype(np.float32), matrix).astype(np.float64)
+        values = np.where(np.isnan(matrix), self.impute.astype(np.float32), matrix)
+        # Row-major whatever the matrix's layout: BLAS sums a row in another order for another layout,
+        # and a row must get the same score in evaluation and in any chunk.
+        values = values.astype(np.float64, order="C")
         logits = ((values - self.mean) / self.scale) @ self.coef + self.intercept
         return 1.0 / (1.0 + np.exp(-logits))
 
@@ -175,6 +179,13 @@ def _fit_xgboost(params: dict, data: FitInput) -> XGBoostModel:
     params = dict(params)
     rounds = int(params.pop("num_boost_round", 500))
     patience = int(params.pop("early_stopping_rounds", 30))
+    # Category codes as native categorical inputs: the booster keeps these types, so inplace_predict
+    # on the same float32 codes at scoring splits them the same way.
+    types = ["c" if categorical else "q" for categorical in data.categorical]
+
+    def matrix(x: np.ndarray, y: np.ndarray) -> xgb.DMatrix:
+        return xgb.DMatrix(x, label=y, feature_types=types, enable_categorical=True)
+
     booster = xgb.train(
         {
             "objective": "binary:logistic",
@@ -184,9 +195,9 @@ def _fit_xgboost(params: dict, data: FitInput) -> XGBoostModel:
             "monotone_constraints": "(" + ",".join(str(m) for m in data.monotone) + ")",
             **params,
         },
-        xgb.DMatrix(data.x_train, label=data.y_train),
+        matrix(data.x_train, data.y_train),
         num_boost_round=rounds,
-        evals=[(xgb.DMatrix(data.x_valid, label=data.y_valid), "validation")],
+        evals=[(matrix(data.x_valid, data.y_valid), "validation")],
         early_stopping_rounds=patience,
         callbacks=[_deadline(data.deadline)],
         verbose_eval=False,

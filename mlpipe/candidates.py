@@ -9,6 +9,7 @@ import numpy as np
 
 from mlpipe import algorithms, artifacts
 from mlpipe.evaluate import probability_metrics
+from mlpipe.features import categorical_columns
 from mlpipe.spec import Candidate, JobSpec
 from mlpipe.trainingset import TrainingSet
 
@@ -50,7 +51,15 @@ def search(
     metric = spec.model.metric
     algorithm = algorithms.get(candidate.algorithm)
     inputs = algorithms.FitInput(
-        x_train, y_train, x_valid, y_valid, columns, spec.training.seed, monotone, deadline
+        x_train,
+        y_train,
+        x_valid,
+        y_valid,
+        columns,
+        spec.training.seed,
+        monotone,
+        categorical_columns(spec),
+        deadline,
     )
     best: SearchResult | None = None
     tried = []

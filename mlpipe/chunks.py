@@ -140,7 +140,7 @@ def _read_and_check(conn, spec: JobSpec, ctx: RunContext, chunk: Chunk) -> _Chec
     bad = reasons.notna().to_numpy()
     rejected = (frame[spec.entity.key][bad], reasons[bad]) if bad.any() else None
     good = frame[~bad] if bad.any() else frame
-    matrix = to_matrix(good, spec)
+    matrix = to_matrix(good, spec, trained_categories(ctx.model))
     keys = entity_keys(good, spec)
     columns = ctx.model.feature_schema["columns"]
     reference = ctx.model.reference.get("histograms")
@@ -152,6 +152,13 @@ def _read_and_check(conn, spec: JobSpec, ctx: RunContext, chunk: Chunk) -> _Chec
         missing=validate.missing_report(matrix, keys, columns, ctx.model.reference["features"]),
         inputs=drift.count_inputs(reference, spec, good, matrix, columns) if reference else {},
     )
+
+
+def trained_categories(version: ModelVersion) -> dict[str, list[str]]:
+    """Each categorical feature's categories as the model was trained with them: their positions are
+    the codes it knows, whatever the spec lists today."""
+    features = version.feature_schema["features"]
+    return {name: f["categories"] for name, f in features.items() if f.get("kind") == "categorical"}
 
 
 def _summarize(ctx: RunContext, chunk: Chunk, rows: _CheckedRows, scores, seconds: float) -> ChunkResult:

@@ -22,7 +22,7 @@ CATEGORIES = {
 }
 # The share of NULLs in the numeric columns that have some.
 NULL_SHARE = {"n03": 0.01, "n07": 0.03, "n11": 0.05, "n15": 0.08, "n19": 0.12, "n23": 0.15}
-UNKNOWN_SHARE = 0.002  # merchants the job's spec does not list (scored with all-zero indicators)
+UNKNOWN_SHARE = 0.002  # merchants the job's spec does not list (a missing code to the model)
 BLOCK = 500_000
 
 

@@ -22,7 +22,9 @@ def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _fitted(algorithm: str, params: dict, seed: int = 0) -> algorithms.ScoringModel:
     x, y = _data(seed)
-    inputs = algorithms.FitInput(x[:300], y[:300], x[300:], y[300:], COLUMNS, seed, [0, 0, 0], float("inf"))
+    inputs = algorithms.FitInput(
+        x[:300], y[:300], x[300:], y[300:], COLUMNS, seed, [0, 0, 0], [False] * 3, float("inf")
+    )
     return algorithms.get(algorithm).fit(params, inputs)
 
 
@@ -121,3 +123,21 @@ def test_logit_is_finite_at_zero_and_one():
     values = artifacts.logit(np.array([0.0, 0.5, 1.0]))
     assert np.isfinite(values).all() and values[1] == 0.0
     assert values[0] == pytest.approx(-values[2])
+
+
+def test_xgboost_keeps_native_categorical_inputs_through_its_artifact():
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, 2)).astype(np.float32)
+    x[:, 1] = rng.integers(0, 40, 2000)  # category codes, their effect unrelated to their order
+    x[rng.random(2000) < 0.1, 1] = np.nan  # NULL or unknown: missing
+    y = ((np.nan_to_num(x[:, 1], nan=1) % 3 == 0) ^ (x[:, 0] > 0.8)).astype(int)
+    inputs = algorithms.FitInput(
+        x[:1500], y[:1500], x[1500:], y[1500:], ["a", "b"], 0, [0, 0], [False, True], float("inf")
+    )
+    model = algorithms.get("xgboost").fit({"num_boost_round": 20, "max_depth": 3}, inputs)
+    loaded = algorithms.XGBoostModel.from_bytes(model.to_bytes(), ["a", "b"])
+
+    assert loaded.booster.feature_types == ["q", "c"]
+    assert np.array_equal(loaded.predict_proba(x), model.predict_proba(x))
+    # A category set split: one tree separates the codes that are multiples of 3 from the rest.
+    assert ((loaded.predict_proba(x[1500:]) > 0.5) == y[1500:]).mean() > 0.95

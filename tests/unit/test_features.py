@@ -121,11 +121,57 @@ def test_baseline_rule_follows_its_direction_and_fills_missing(churn):
 
 
 def test_one_hot_is_the_indicator_of_each_category_zero_for_missing_and_unknown():
-    from mlpipe.features import one_hot
+    from mlpipe.features import category_codes, one_hot
 
     categories = [f"c{i}" for i in range(50)]
     values = pd.Series(["c3", None, "zz", "c49", "c3", "c0"], dtype="str")
     out = np.full((len(values), len(categories)), 7.0, dtype=np.float32)
-    one_hot(values, categories, out)
+    one_hot(category_codes(values, categories), out)
     naive = np.column_stack([(values.to_numpy(dtype=object) == c).astype(np.float32) for c in categories])
     assert np.array_equal(out, naive) and out.sum() == 4
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return load_job("mixed", Settings())
+
+
+def _mixed_frame(mixed_spec, **overrides) -> pd.DataFrame:
+    base = {"entity_id": ["a", "b", "c", "d"], "region": ["r1", None, "r5", "r0"]}
+    base["plan"] = ["pro", "basic", "team", None]
+    base["channel"] = ["ch00", "ch11", "ch03", "ch03"]
+    base["merchant"] = ["m0007", "m-new", None, "m0999"]
+    base.update({n: [0.5, None, -1.0, 2.0] for n, f in mixed_spec.features.items() if f.kind == "numeric"})
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_xgboost_only_jobs_give_each_category_one_column_of_codes_missing_and_unknown_as_nan(mixed):
+    from mlpipe.features import categorical_columns, native_categoricals
+
+    assert native_categoricals(mixed)
+    columns = matrix_columns(mixed)
+    assert len(columns) == 30 and columns[:4] == ["region", "plan", "channel", "merchant"]
+    assert categorical_columns(mixed) == [True] * 4 + [False] * 26
+    matrix = to_matrix(_mixed_frame(mixed), mixed)
+    assert matrix.shape == (4, 30) and matrix.dtype == np.float32
+    # Codes are positions in the spec's categories; NULL and a category it does not list are missing.
+    np.testing.assert_array_equal(matrix[:, 0], [1, np.nan, 5, 0])
+    np.testing.assert_array_equal(matrix[:, 1], [2, 0, 3, np.nan])
+    np.testing.assert_array_equal(matrix[:, 3], [7, np.nan, np.nan, 999])
+    np.testing.assert_array_equal(matrix[:, 4], [0.5, np.nan, -1.0, 2.0])
+
+
+def test_codes_follow_the_categories_the_model_was_trained_with_not_todays_spec(mixed):
+    trained = {"plan": ["team", "pro"]}  # the model's own list: another order, fewer values
+    matrix = to_matrix(_mixed_frame(mixed), mixed, trained)
+    np.testing.assert_array_equal(matrix[:, 1], [1, np.nan, 0, np.nan])
+
+
+def test_a_job_with_a_scikit_learn_candidate_keeps_one_hot_for_every_candidate(churn):
+    from mlpipe.features import native_categoricals
+
+    assert not native_categoricals(churn)
+    assert [c for c in matrix_columns(churn) if c.startswith("plan")] == [
+        f"plan={c}" for c in churn.features["plan"].categories
+    ]
