@@ -60,7 +60,6 @@ class TopUp(ScoringRun):
                 "--new-only tops up the day predictions shows, as of now, with the model that scored "
                 "that day: drop --as-of and --model"
             )
-        validate.warm_up()
         run = cls(url, settings, spec)
         return run._started(run._start_topup)
 
@@ -92,6 +91,7 @@ class TopUp(ScoringRun):
         self.model = registry.get(conn, spec.name, model_id=model_id)
         self._check_model(self.model)
         self.challenger = self._day_challenger(challenger_id, mode)
+        validate.warm_up()  # once the models are loaded, as a scoring run does (the narwhals import)
         self.moment = conn.execute("select now()").fetchone()[0]
         check_features_source(conn, spec, self.moment)
         self.spec_digest = spec_digest(spec)
