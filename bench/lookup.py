@@ -6,10 +6,10 @@ reader stall while a day is published, with and without a long-running reader tr
 
 Publishes --history-days older days (small tables, attached to history as scoring runs attach them),
 then N prediction rows with three reason codes each through mlpipe's own publish path (run table,
-binary COPY, index, one swap transaction), then measures single-key lookups on one connection, as prepared statements and as
-ad-hoc (unprepared) ones, then publishes the next two days while two readers (one prepared, one ad
-hoc) look keys up without pause: the stall is the slowest lookup during the swap (the day's rows are
-loaded and indexed before, as a scoring run does).
+binary COPY, index, one swap transaction), then measures single-key lookups on one connection, as
+prepared statements and as ad-hoc (unprepared) ones, then publishes the next two days while two
+readers (one prepared, one ad hoc) look keys up without pause: the stall is the slowest lookup during
+the swap (the day's rows are loaded and indexed before, as a scoring run does).
 The last line is one JSON object. Uses MLPIPE_DATABASE_URL if set, else a temporary embedded PostgreSQL.
 """
 
