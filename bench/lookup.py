@@ -5,11 +5,11 @@ reader stall while a day is published, with and without a long-running reader tr
     python bench/lookup.py --entities 1000000 --history-days 400
 
 Publishes --history-days older days (small tables, attached to history as scoring runs attach them),
-then N prediction rows through mlpipe's own publish path (run table, binary COPY, index, one swap
-transaction), then measures single-key lookups on one connection, as prepared statements and as
-ad-hoc (unprepared) ones, then publishes the next two days while two readers (one prepared, one ad
-hoc) look keys up without pause: the stall is the slowest lookup during the swap (the day's rows are
-loaded and indexed before, as a scoring run does).
+then N prediction rows with three reason codes each through mlpipe's own publish path (run table,
+binary COPY, index, one swap transaction), then measures single-key lookups on one connection, as
+prepared statements and as ad-hoc (unprepared) ones, then publishes the next two days while two
+readers (one prepared, one ad hoc) look keys up without pause: the stall is the slowest lookup during
+the swap (the day's rows are loaded and indexed before, as a scoring run does).
 The last line is one JSON object. Uses MLPIPE_DATABASE_URL if set, else a temporary embedded PostgreSQL.
 """
 
@@ -28,9 +28,9 @@ from psycopg import sql
 
 
 def load_day(conn, spec, day: date, keys: np.ndarray) -> tuple[int, str]:
-    """Score-shaped rows for every key in a new run table, indexed: everything a scoring run does
-    before it publishes. Returns (run_id, table)."""
-    from mlpipe import publish
+    """Score-shaped rows for every key in a new run table, with the job's reason codes, indexed:
+    everything a scoring run does before it publishes. Returns (run_id, table)."""
+    from mlpipe import explain, publish
     from mlpipe.copyio import copy_predictions
 
     run_id = conn.execute(
@@ -39,9 +39,20 @@ def load_day(conn, spec, day: date, keys: np.ndarray) -> tuple[int, str]:
         [spec.name, day],
     ).fetchone()[0]
     table = publish.create_run_table(conn, spec, run_id, day, "bench-v1")
-    scores = np.random.default_rng(run_id).random(len(keys))
+    rng = np.random.default_rng(run_id)
+    scores = rng.random(len(keys))
+    names = explain.job_reason_names(spec)
+    contributions = rng.normal(0, 0.5, (len(keys), len(names)))
+    reasons = explain.ReasonWriter(names, spec.outputs.reasons).encode(contributions)
     copy_predictions(
-        conn, publish.DATA_SCHEMA, table, keys, scores, scores >= 0.5, (scores * 100).astype(np.float32)
+        conn,
+        publish.DATA_SCHEMA,
+        table,
+        keys,
+        scores,
+        scores >= 0.5,
+        (scores * 100).astype(np.float32),
+        reasons=reasons,
     )
     publish.index_run_table(conn, table)
     return run_id, table

@@ -423,14 +423,45 @@ def _attach(
     return row[0] if row else None
 
 
+def _ensure_reasons(conn: psycopg.Connection, spec: JobSpec) -> sql.Composable:
+    """The view's `reasons` column: mlpipe_data.<job>_reasons(reason_codes, reasons), a PL/pgSQL
+    function around explain.reasons_sql, (re)defined when the job's feature list or its number of
+    reasons changes. The same expression written into the view costs a lookup by key twice its
+    planning time (about 5 microseconds per reason item, every time); behind a function it is
+    planned once per session, and an ad-hoc lookup costs about a fifth less (bench/lookup.py). A
+    full scan of the view pays about 3 microseconds per row for the call."""
+    names = explain.job_reason_names(spec)
+    k = min(spec.outputs.reasons, len(names))
+    if k == 0:
+        return sql.Identifier("reasons")  # a job without reasons: the (empty) stored column
+    function = sql.Identifier(DATA_SCHEMA, f"{spec.name}_reasons")
+    body = f"begin return {explain.reasons_sql(names, k).as_string(conn)}; end"
+    current = conn.execute(
+        "select prosrc from pg_proc where oid = to_regprocedure(%s)",
+        [sql.SQL("{}(smallint[], jsonb)").format(function).as_string(conn)],
+    ).fetchone()
+    if current is None or current[0] != body:
+        conn.execute(
+            sql.SQL(
+                "create or replace function {}(reason_codes smallint[], reasons jsonb) returns jsonb "
+                "language plpgsql immutable parallel safe as {}"
+            ).format(function, sql.Literal(body))
+        )
+        conn.execute(
+            sql.SQL("alter function {}(smallint[], jsonb) owner to {}").format(
+                function, sql.Identifier(WRITER_ROLE)
+            )
+        )
+    return sql.SQL("{}(live.reason_codes, live.reasons)").format(function)
+
+
 def _ensure_view(conn: psycopg.Connection, spec: JobSpec) -> None:
-    """predictions.<job> over <job>_live, created once and replaced only when what it builds the
-    reasons' JSON from changes (the job's feature list, or how many reasons it keeps): a publish
-    otherwise never touches it. The definition's reasons part is kept in the view's comment."""
+    """predictions.<job> over <job>_live, created once and replaced only when how it builds `reasons`
+    changes (a release that changed it; a job that started or stopped keeping reasons): a publish
+    otherwise never touches it. That part of the definition is kept in the view's comment."""
     view = sql.Identifier(PUBLIC_SCHEMA, spec.name)
     live = sql.Identifier(DATA_SCHEMA, live_name(spec))
-    names = explain.job_reason_names(spec)
-    reasons = explain.reasons_sql(names, min(spec.outputs.reasons, len(names)))  # JSON from compact codes
+    reasons = _ensure_reasons(conn, spec)
     signature = f"mlpipe reasons: {reasons.as_string(conn)}"
     current = conn.execute(
         """select obj_description(to_regclass(%(view)s), 'pg_class'),

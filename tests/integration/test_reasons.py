@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from mlpipe.explain import job_reason_names
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
-from tests.helpers import TODAY, score
+from tests.helpers import TODAY, days_ago, score
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -68,3 +71,28 @@ def test_reasons_need_a_model_trained_with_them(db_url, conn):
     conn.execute("update mlpipe.models set reference = reference - 'explainer' where job = 'churn'")
     with pytest.raises(Exception, match=r"outputs\.reasons needs a model trained with reasons support"):
         score("churn", TODAY)
+
+
+def _view_rule_version(conn) -> int:
+    """The transaction that last wrote the view's definition (replacing a view rewrites its rule)."""
+    return conn.execute(
+        "select xmin::text::bigint from pg_rewrite where ev_class = 'predictions.churn'::regclass"
+    ).fetchone()[0]
+
+
+def test_keeping_fewer_reasons_redefines_the_reasons_function_not_the_view(db_url, conn, tmp_path):
+    score("churn", days_ago(2))
+    rule = _view_rule_version(conn)
+    definition = conn.execute("select pg_get_viewdef('predictions.churn')").fetchone()[0]
+    assert "mlpipe_data.churn_reasons(reason_codes, reasons)" in definition, "one call, planned once"
+
+    folder = tmp_path / "churn"
+    shutil.copytree(Path(load_job("churn", Settings()).folder), folder)
+    raw = yaml.safe_load((folder / "job.yaml").read_text())
+    raw["outputs"]["reasons"] = 2
+    (folder / "job.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    score(str(folder / "job.yaml"), days_ago(1))
+
+    reasons = [r[0] for r in conn.execute("select reasons from predictions.churn")]
+    assert reasons and all(len(r) == 2 for r in reasons), "the function now builds two"
+    assert _view_rule_version(conn) == rule, "the view readers hold was not replaced"
