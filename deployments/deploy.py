@@ -17,6 +17,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.runner import Runner
@@ -84,6 +85,8 @@ def serve_until_stopped(deployments: list[RunnerDeployment], api_url: str) -> No
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    print(f"serving {names} on {api_url}; Ctrl-C stops", flush=True)  # from here a signal stops cleanly
     runner = Runner(name="mlpipe", pause_on_shutdown=False)
     loop = asyncio.new_event_loop()
 
@@ -91,7 +94,8 @@ def serve_until_stopped(deployments: list[RunnerDeployment], api_url: str) -> No
         with temporary_settings(updates={PREFECT_API_URL: api_url}):  # settings are per thread
             for deployment in deployments:
                 await runner.aadd_deployment(deployment)
-            await runner.start()
+            if not stop.is_set():
+                await runner.start()
 
     serving = threading.Thread(target=loop.run_until_complete, args=(start(),), name="mlpipe-serve")
     serving.start()
@@ -99,6 +103,11 @@ def serve_until_stopped(deployments: list[RunnerDeployment], api_url: str) -> No
         pass
     if serving.is_alive():
         print("stopping: no new runs are started; runs in progress are cancelled", flush=True)
+        # A signal during registration (slow under load) lands before the runner has started: wait for
+        # it to start, or for the thread to see the stop and end, before asking it to stop.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while serving.is_alive() and not runner.started and time.monotonic() < deadline:
+            serving.join(timeout=0.1)
         if runner.started:
             asyncio.run_coroutine_threadsafe(runner.astop(), loop).result(timeout=STOP_TIMEOUT_S)
         serving.join(timeout=STOP_TIMEOUT_S)
@@ -114,8 +123,6 @@ def main() -> None:
     api_url = prefect_api.api_url()
     os.environ["PREFECT_API_URL"] = api_url  # the runs this process starts report to the same API
     deployments = [d for job in (args.job or ["churn"]) for d in build_deployments(job)]
-    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
-    print(f"serving {names} on {api_url}; Ctrl-C stops", flush=True)
     serve_until_stopped(deployments, api_url)
 
 

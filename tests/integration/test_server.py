@@ -109,10 +109,14 @@ def _nothing_started(settings: Settings) -> bool:
     return managed.recorded(settings) is None and not managed.log_path(settings).exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_deploy_serves_until_ctrl_c_or_sigterm_then_stops(prefect_api, signum):
+@pytest.mark.parametrize(
+    ("signum", "after_s"),
+    [(signal.SIGINT, 3), (signal.SIGTERM, 3), (signal.SIGTERM, 0)],
+    ids=["ctrl-c", "sigterm", "sigterm-while-registering"],
+)
+def test_deploy_serves_until_ctrl_c_or_sigterm_then_stops(prefect_api, signum, after_s):
     """deploy.py started with `&` from a script (SIGINT ignored, as such a shell does) still stops
-    promptly and cleanly on Ctrl-C or SIGTERM."""
+    promptly and cleanly on Ctrl-C or SIGTERM, also when the signal comes before the runner started."""
     serving = subprocess.Popen(
         [sys.executable, "deployments/deploy.py", "--job", "churn"],
         cwd=Path(__file__).parents[2],
@@ -124,7 +128,7 @@ def test_deploy_serves_until_ctrl_c_or_sigterm_then_stops(prefect_api, signum):
     )
     try:
         assert "serving mlpipe-train/churn-monthly" in serving.stdout.readline()
-        time.sleep(3)  # the runner registers and polls
+        time.sleep(after_s)  # 3 s: the runner registers and polls; 0: it is still registering
         serving.send_signal(signum)
         output, _ = serving.communicate(timeout=30)
     finally:
