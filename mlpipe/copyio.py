@@ -55,10 +55,20 @@ def copy_out(
     return pa.table({name: table.column(name).cast(t) for name, t in types.items()})
 
 
-# ADBC's database objects by connection string: one loads the server's type catalogue (~130 ms) and
-# holds no session, so it is kept; each read opens a connection of it and closes it.
+# ADBC's database objects by connection string: one loads the server's type catalogue (~130 ms: its
+# pg_type and pg_attribute) and holds no session, so it is kept; each read opens a connection of it
+# (which does not query the catalogue again) and closes it.
 _databases: dict[str, adbc_driver_manager.AdbcDatabase] = {}
 _databases_lock = threading.Lock()
+
+
+def preload_reader(conn: psycopg.Connection) -> None:
+    """Load the type catalogue that `copy_out` reads with, for connections opened like `conn`, now
+    (a run does it while its models load) rather than in its first chunk's read."""
+    try:
+        _database(conn)
+    except adbc_driver_manager.Error as exc:
+        raise _as_psycopg_error(exc) from exc
 
 
 def _database(conn: psycopg.Connection) -> adbc_driver_manager.AdbcDatabase:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +20,7 @@ import numpy as np
 import psycopg
 from pydantic import SecretStr
 
-from mlpipe import drift, publish, registry, rollout, runs, validate
+from mlpipe import copyio, drift, publish, registry, rollout, runs, validate
 from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext, spec_digest
 from mlpipe.db import DatabaseError, connect, connection
 from mlpipe.errors import RunLockedError, SpecError, UsageError
@@ -100,6 +101,7 @@ class ScoringRun:
         # The plan (a pass over the population) needs neither the models nor the run: it runs on its
         # own connection while they load. A crashed run that is resumed brings its own plan.
         planning = None if runs.crashed(conn, "score", spec.name, as_of) else self._plan_ahead()
+        self._preload_reader()
         with conn.transaction():
             publish.ensure_job_tables(conn, spec)
         self.model = registry.resolve(conn, spec.name, model_version)
@@ -128,6 +130,19 @@ class ScoringRun:
             return pool.submit(self._plan)
         finally:
             pool.shutdown(wait=False)  # the plan finishes on its own; nothing else runs there
+
+    def _preload_reader(self) -> None:
+        """The chunks' reader loads the server's type catalogue once per process: in a thread now,
+        while the models load, not in the first chunk (a failure here is the chunk's to report)."""
+
+        def preload() -> None:
+            try:
+                with connection(self.url, autocommit=True) as conn:  # as the chunks connect
+                    copyio.preload_reader(conn)
+            except (psycopg.Error, DatabaseError) as exc:
+                log.info("could not preload the reader's type catalogue (the first chunk will): %s", exc)
+
+        threading.Thread(target=preload, name="mlpipe-reader-preload", daemon=True).start()
 
     def _plan(self) -> tuple[int, list[Chunk], float]:
         started = time.monotonic()
