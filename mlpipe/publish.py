@@ -220,18 +220,19 @@ def create_run_table(
     kind: Kind = "published",
 ) -> str:
     """The run's own table. Constant columns come from defaults so COPY only sends what varies, and
-    the check on as_of lets queries on history skip the other days (constraint exclusion). It has no
-    key index while chunks load: one sorted build after the last chunk (`index_run_table`, before
-    the gate's result and publish) costs less than a B-tree maintained row by row through every COPY
-    (measured +0.27 s wide, +0.53 s mixed per 1M rows); a chunk's keys are unique already (duplicates
-    are quarantined). Autovacuum stays off: the table is written once and analyzed by the run, and an
-    autovacuum worker on it would hold the lock that INHERIT needs, stalling publish for seconds
-    (anti-wraparound vacuums still run)."""
+    the check on as_of lets queries on history skip the other days (constraint exclusion). The key
+    index exists from the start: each chunk's COPY maintains its part while other chunks compute,
+    instead of one build after the last chunk, on the run's critical path (measured at 1M mixed rows:
+    a build after the load took 1.5-1.8 s there, and the chunks' time it saved was within the noise).
+    Autovacuum
+    stays off: the table is written once and analyzed by the run, and an autovacuum worker on it would
+    hold the lock that INHERIT needs, stalling publish for seconds (anti-wraparound vacuums still run)."""
     name = run_table_name(spec, run_id, kind)
     target = sql.Identifier(DATA_SCHEMA, name)
     conn.execute(
         sql.SQL(
-            "create table {table} ({columns}, check (as_of = {as_of})) with (autovacuum_enabled = off)"
+            "create table {table} ({columns}, primary key (entity_id, as_of), check (as_of = {as_of})) "
+            "with (autovacuum_enabled = off)"
         ).format(table=target, columns=_columns(spec), as_of=sql.Literal(as_of))
     )
     _hand_to_writer(conn, "table", target)
@@ -245,9 +246,8 @@ def create_run_table(
 
 
 def index_run_table(conn: psycopg.Connection, table: str) -> None:
-    """Add the key index to the loaded table (unless it has one: a resumed run that got this far, or
-    a table from a release that kept it during the load), and analyze it. Nothing is published
-    before this: the index is what lookups use."""
+    """Analyze the loaded table; add the key index if it has none (a crashed run's table from a
+    release that built it after the load, resumed now)."""
     target = sql.Identifier(DATA_SCHEMA, table)
     indexed = conn.execute(
         """select exists (select from pg_constraint c join pg_class t on t.oid = c.conrelid

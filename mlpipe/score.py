@@ -361,8 +361,8 @@ class ScoringRun:
         if self._loading is not None:
             self._loading.result()  # the models' load error, if every chunk was done already (resumed)
         scored, quarantined, histogram, inputs = self._tally(results)
-        # The table is indexed and analyzed in the server while the gate runs here; publish waits for
-        # both. If the gate fails, the table is dropped with the run.
+        # The table is analyzed in the server (and indexed, if a resumed run's older table has no key
+        # index) while the gate runs here. If the gate fails, the table is dropped with the run.
         with ThreadPoolExecutor(max_workers=1) as pool:
             indexing = pool.submit(self._index_tables)
             try:

@@ -89,7 +89,7 @@ def test_sigkill_mid_run_leaves_predictions_untouched(db_url, conn, prefect_api,
     assert resumed["rows_scored"] == population(conn, crashed_day)
     assert {r[5] for r in published(conn).values()} == {crashed}
     assert history_days(conn) == {**history_before, crashed_day: population(conn, crashed_day)}
-    # the key index is built after the load: a resumed run's table has it before it is published
+    # a resumed run's table is published with its key index
     keyed = conn.execute(
         """select count(*) from pg_constraint c join pg_class t on t.oid = c.conrelid
            where t.relname = %s and c.contype = 'p'""",
