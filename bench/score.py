@@ -4,6 +4,7 @@
     python bench/score.py --shape wide --entities 1000000 10000000  # 30 numeric features, XGBoost 300x6
     python bench/score.py --shape wide mixed --entities 1000000     # both shapes, side by side
     python bench/score.py --entities 100000 --skip-naive
+    python bench/score.py --shape wide mixed --skip-naive --also-chunk-rows 200000  # + mlpipe@200000
 
 demo: generates the demo world (N customers), trains the churn job, scores today's population.
 wide: trains the `wide` job (XGBoost, 300 trees of depth 6) on 200k rows, then for each N fills
@@ -373,6 +374,13 @@ def main() -> None:
         "--naive-max", type=int, default=1_000_000, help="largest size the naive path runs at"
     )
     parser.add_argument("--chunk-rows", type=int, default=None, help="MLPIPE_CHUNK_ROWS for the mlpipe path")
+    parser.add_argument(
+        "--also-chunk-rows",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also run the mlpipe path with these MLPIPE_CHUNK_ROWS, side by side (path mlpipe@N)",
+    )
     parser.add_argument("--worker", choices=["mlpipe", "naive", "script", "explain"], help=argparse.SUPPRESS)
     parser.add_argument("--job", default="churn", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", type=date.fromisoformat, default=date.today(), help=argparse.SUPPRESS)
@@ -412,6 +420,9 @@ def main() -> None:
                 "mlpipe": run_worker("mlpipe", date.today(), job, plain_env),
                 "mlpipe+reasons": run_worker("mlpipe", date.today(), job, reasons_env),
             }
+            for rows in args.also_chunk_rows:
+                chunked_env = {**plain_env, "MLPIPE_CHUNK_ROWS": str(rows)}
+                results[f"mlpipe@{rows}"] = run_worker("mlpipe", date.today(), job, chunked_env)
             if shape != "demo":  # the hand-written script reads the shape's table itself
                 results["script"] = run_worker("script", date.today(), job, plain_env)
             if not args.skip_naive and size <= args.naive_max:
@@ -434,7 +445,9 @@ def _print(shape: str, size: int, results: dict, explain: dict | None) -> None:
             f"{r['peak_rss_mb']:>14,.0f}",
             flush=True,
         )
-    print(f"mlpipe stage timings: {results['mlpipe'].get('timings')}", flush=True)
+    for name, r in results.items():
+        if "timings" in r:
+            print(f"{name} stage timings: {r['timings']}", flush=True)
     if explain:
         print(
             "\nexplaining one chunk (rows/s): "
@@ -483,6 +496,10 @@ def summarize(size: int, results: dict, generate_s: float, train_s: float, expla
     )
     if "script" in results:
         out["vs_script"] = round(rate("mlpipe") / rate("script"), 2)
+    for path in results:
+        if path.startswith("mlpipe@"):  # another chunk size
+            out[f"{path}_rows_per_s"] = round(rate(path))
+            out[f"{path}_timings"] = results[path].get("timings")
     if "naive" in results:
         out["speedup"] = round(rate("mlpipe") / rate("naive"), 2)
     if explain:

@@ -113,12 +113,14 @@ def score_chunk(ctx: RunContext, chunk: Chunk) -> ChunkResult:
     """Extract, check, featurize, predict and write one key range, in one transaction."""
     started = time.monotonic()
     spec = _spec(ctx)
-    model = ctx.model.load()  # verified and cached per process
     with connection(ctx.url.get_secret_value()) as conn:
         done = _finished(conn, ctx.run_id, chunk)
         if done is not None:  # written by an attempt that crashed later, or by a resumed run
             return done
         rows = _read_and_check(conn, spec, ctx, chunk)
+        # Verified and cached per process; after the read, which needs only the model's metadata, so
+        # the first chunks read while the run loads the model (and raise its error before writing).
+        model = ctx.model.load()
         scores = _predict(model, rows.matrix, ctx.model, chunk)
         with conn.transaction():
             if ctx.challenger is None:

@@ -12,6 +12,7 @@ import adbc_driver_postgresql
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from adbc_driver_manager._reader import AdbcRecordBatchReader
 from psycopg import sql
@@ -54,10 +55,20 @@ def copy_out(
     return pa.table({name: table.column(name).cast(t) for name, t in types.items()})
 
 
-# ADBC's database objects by connection string: one loads the server's type catalogue (~130 ms) and
-# holds no session, so it is kept; each read opens a connection of it and closes it.
+# ADBC's database objects by connection string: one loads the server's type catalogue (~130 ms: its
+# pg_type and pg_attribute) and holds no session, so it is kept; each read opens a connection of it
+# (which does not query the catalogue again) and closes it.
 _databases: dict[str, adbc_driver_manager.AdbcDatabase] = {}
 _databases_lock = threading.Lock()
+
+
+def preload_reader(conn: psycopg.Connection) -> None:
+    """Load the type catalogue that `copy_out` reads with, for connections opened like `conn`, now
+    (a run does it while its models load) rather than in its first chunk's read."""
+    try:
+        _database(conn)
+    except adbc_driver_manager.Error as exc:
+        raise _as_psycopg_error(exc) from exc
 
 
 def _database(conn: psycopg.Connection) -> adbc_driver_manager.AdbcDatabase:
@@ -135,22 +146,28 @@ def prediction_rows(
 def with_text_keys(rows: np.ndarray, keys) -> np.ndarray:
     """Bytes of binary COPY rows whose first field is a text key. `rows` is a record array of the
     field count (">i2"), the key's length (">i4") and every other field (fixed-width); each key goes,
-    as UTF-8, between its length and the rest. Placed by offsets: no Python per row."""
-    keys = pa.array(keys, type=pa.large_string())
-    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64, count=len(keys) + 1, offset=8 * keys.offset)
-    data = np.frombuffer(keys.buffers()[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
-    offsets = offsets - offsets[0]
-    lengths = np.diff(offsets)
-    rows["key_len"] = lengths
-    fixed = rows.view(np.uint8).reshape(len(rows), rows.dtype.itemsize)
+    as UTF-8, between its length and the rest. Arrow joins each row's three parts (head, key, rest)
+    in C: ~3x faster than placing every byte by a numpy index (no Python per row either way)."""
+    keys = pa.array(keys, type=pa.large_string()).cast(pa.large_binary())
+    rows["key_len"] = pc.binary_length(keys).to_numpy(zero_copy_only=False)
     head = 6  # field count (2 bytes) and key length (4 bytes)
-    starts = np.arange(len(rows), dtype=np.int64) * rows.dtype.itemsize + offsets[:-1]  # of each row
-    out = np.empty(len(rows) * rows.dtype.itemsize + len(data), dtype=np.uint8)
-    out[starts[:, None] + np.arange(head)] = fixed[:, :head]
-    out[np.repeat(starts + head - offsets[:-1], lengths) + np.arange(len(data))] = data
-    rest = np.arange(head, rows.dtype.itemsize)
-    out[(starts + lengths)[:, None] + rest] = fixed[:, head:]
-    return out
+    fixed = rows.view(np.uint8).reshape(len(rows), rows.dtype.itemsize)
+    joined = pc.binary_join_element_wise(
+        _binary_rows(fixed[:, :head]), keys, _binary_rows(fixed[:, head:]), pa.scalar(b"", pa.large_binary())
+    )
+    offsets = np.frombuffer(
+        joined.buffers()[1], dtype=np.int64, count=len(joined) + 1, offset=8 * joined.offset
+    )
+    return np.frombuffer(joined.buffers()[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
+
+
+def _binary_rows(block: np.ndarray) -> pa.Array:
+    """Each row of a (rows, width) uint8 block as one binary value (one copy of the block)."""
+    block = np.ascontiguousarray(block)
+    values = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(block.shape[1]), len(block), [None, pa.py_buffer(block)]
+    )
+    return values.cast(pa.large_binary())
 
 
 def copy_predictions(

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlpipe.spec import JobSpec
 
@@ -49,11 +51,7 @@ def score_reference(scores: np.ndarray) -> dict:
 def count(reference: dict, values) -> np.ndarray:
     """Count values into a reference's bins (see the module docstring for the layout)."""
     if reference["kind"] == "categorical":
-        categories = reference["categories"]
-        values = pd.Series(values, dtype=object)
-        codes = pd.Categorical(values, categories=categories).codes
-        bins = np.where(values.isna().to_numpy(), MISSING, np.where(codes < 0, UNKNOWN, codes + 2))
-        return np.bincount(bins, minlength=len(categories) + 2)
+        return _count_categories(reference["categories"], values)
     edges = np.asarray(reference["edges"], dtype=np.float64)
     values = np.asarray(values)
     # np.histogram (measured 2-4x faster than searchsorted + bincount here) closes only its last bin;
@@ -63,6 +61,18 @@ def count(reference: dict, values) -> np.ndarray:
     counts[MISSING] = np.count_nonzero(np.isnan(values))  # NaN falls in no bin of np.histogram
     counts[MISSING + 1 :] = np.histogram(values, bins=bounds)[0]
     return counts
+
+
+def _count_categories(categories: list[str], values) -> np.ndarray:
+    """[missing, unknown, category...] counts, in Arrow: a chunk's strings are Arrow's already, so no
+    Python string per row (measured 100 ms -> 22 ms for a mixed chunk's four categorical inputs)."""
+    values = pa.array(values, from_pandas=True)  # NaN in an object array is missing, as pandas says
+    if pa.types.is_null(values.type):  # nothing but missing values: no type to look categories up in
+        values = values.cast(pa.string())
+    codes = pc.index_in(values, value_set=pa.array(categories, type=pa.string()))
+    # A known category's bin is its code + 2; a value not in the set has no code: unknown, or missing.
+    bins = pc.if_else(pc.is_null(values), MISSING, pc.fill_null(pc.add(codes, 2), UNKNOWN))
+    return np.bincount(np.asarray(bins), minlength=len(categories) + 2)
 
 
 def size(reference: dict) -> int:
@@ -117,7 +127,7 @@ def _inputs(spec: JobSpec, frame: pd.DataFrame, matrix: np.ndarray, columns: lis
     index = {column: i for i, column in enumerate(columns)}
     for name, feature in spec.features.items():
         if feature.kind == "categorical":
-            yield name, frame[name].to_numpy(dtype=object)
+            yield name, frame[name]  # as read (Arrow strings): counted without a Python object per row
         else:
             yield name, matrix[:, index[name]]
     for name in spec.derived:

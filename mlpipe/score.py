@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +20,7 @@ import numpy as np
 import psycopg
 from pydantic import SecretStr
 
-from mlpipe import drift, publish, registry, rollout, runs, validate
+from mlpipe import copyio, drift, publish, registry, rollout, runs, validate
 from mlpipe.chunks import HISTOGRAM_BINS, ChunkResult, RunContext, spec_digest
 from mlpipe.db import DatabaseError, connect, connection
 from mlpipe.errors import RunLockedError, SpecError, UsageError
@@ -67,6 +68,7 @@ class ScoringRun:
         self.spec_digest: str | None = None
         self.rollout: rollout.Rollout | None = None
         self.challenger_share = 0.0
+        self._loading: Future | None = None  # the models' load in a thread (a top-up loads them itself)
 
     @classmethod
     def begin(
@@ -100,17 +102,17 @@ class ScoringRun:
         # The plan (a pass over the population) needs neither the models nor the run: it runs on its
         # own connection while they load. A crashed run that is resumed brings its own plan.
         planning = None if runs.crashed(conn, "score", spec.name, as_of) else self._plan_ahead()
+        self._preload_reader()
         with conn.transaction():
             publish.ensure_job_tables(conn, spec)
         self.model = registry.resolve(conn, spec.name, model_version)
-        self._check_model(self.model)
+        self._check_model(self.model, load=False)
         self.challenger = self._challenger()
-        # Only once the models are loaded: GX importing in its thread while XGBoost imports here can
-        # deadlock on a module both import (narwhals, seen as _DeadlockError).
-        validate.warm_up()
+        self._load_models_ahead()
         check_features_source(conn, spec, as_of)
         if not self._resume_crashed_run():
             self._new_run(planning or self._plan_ahead())
+        self.timings["start_s"] = round(time.monotonic() - self.started, 3)  # until the chunks may start
         log.info(
             "run %s: %s as of %s with %s, %d entities in %d chunks",
             self.run_id,
@@ -128,6 +130,38 @@ class ScoringRun:
             return pool.submit(self._plan)
         finally:
             pool.shutdown(wait=False)  # the plan finishes on its own; nothing else runs there
+
+    def _load_models_ahead(self) -> None:
+        """Load and verify the models in a thread while the run starts and its first chunks read (the
+        XGBoost import alone takes ~0.8 s): a chunk loads its model only after its read, waiting for
+        this load (a tampered artifact fails it before it writes anything), and `finish` re-raises
+        this load's error before the gate."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlpipe-models")
+        try:
+            self._loading = pool.submit(self._load_models)
+        finally:
+            pool.shutdown(wait=False)
+
+    def _load_models(self) -> None:
+        for model in (self.model, self.challenger):
+            if model is not None:
+                model.load()  # verified and cached per process: the chunks' load() returns it
+        # Only once the models are loaded: GX importing in its thread while XGBoost imports here can
+        # deadlock on a module both import (narwhals, seen as _DeadlockError).
+        validate.warm_up()
+
+    def _preload_reader(self) -> None:
+        """The chunks' reader loads the server's type catalogue once per process: in a thread now,
+        while the models load, not in the first chunk (a failure here is the chunk's to report)."""
+
+        def preload() -> None:
+            try:
+                with connection(self.url, autocommit=True) as conn:  # as the chunks connect
+                    copyio.preload_reader(conn)
+            except (psycopg.Error, DatabaseError) as exc:
+                log.info("could not preload the reader's type catalogue (the first chunk will): %s", exc)
+
+        threading.Thread(target=preload, name="mlpipe-reader-preload", daemon=True).start()
 
     def _plan(self) -> tuple[int, list[Chunk], float]:
         started = time.monotonic()
@@ -216,10 +250,12 @@ class ScoringRun:
                 "raise outputs.history_days to keep older days"
             )
 
-    def _check_model(self, model: ModelVersion) -> None:
-        """Fail now, not in every chunk, if the artifact is missing or tampered with, or if the spec's
-        features no longer match the ones the model was trained on."""
-        model.load()
+    def _check_model(self, model: ModelVersion, *, load: bool = True) -> None:
+        """Fail now, not in every chunk, if the artifact is missing or tampered with (unless `load` is
+        off: the run loads it in a thread, see `_load_models_ahead`), or if the spec's features no
+        longer match the ones the model was trained on."""
+        if load:
+            model.load()
         if model.feature_schema["columns"] != matrix_columns(self.spec):
             raise SpecError(
                 self.spec.name,
@@ -249,7 +285,7 @@ class ScoringRun:
                 log.warning("job %s asks for a challenger but has none; scoring with the champion only", job)
                 return None
             self.challenger_share = outputs.challenger_share
-        self._check_model(challenger)
+        self._check_model(challenger, load=False)
         return challenger
 
     def _challenger_mode(self) -> str | None:
@@ -322,6 +358,8 @@ class ScoringRun:
         raise AssertionError("unreachable")
 
     def _finish(self, results: list[ChunkResult]) -> RunSummary:
+        if self._loading is not None:
+            self._loading.result()  # the models' load error, if every chunk was done already (resumed)
         scored, quarantined, histogram, inputs = self._tally(results)
         # The table is analyzed in the server (and indexed, if a resumed run's older table has no key
         # index) while the gate runs here. If the gate fails, the table is dropped with the run.

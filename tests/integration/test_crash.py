@@ -89,6 +89,13 @@ def test_sigkill_mid_run_leaves_predictions_untouched(db_url, conn, prefect_api,
     assert resumed["rows_scored"] == population(conn, crashed_day)
     assert {r[5] for r in published(conn).values()} == {crashed}
     assert history_days(conn) == {**history_before, crashed_day: population(conn, crashed_day)}
+    # a resumed run's table is published with its key index
+    keyed = conn.execute(
+        """select count(*) from pg_constraint c join pg_class t on t.oid = c.conrelid
+           where t.relname = %s and c.contype = 'p'""",
+        [f"churn_r{crashed}"],
+    ).fetchone()[0]
+    assert keyed == 1
 
     # and what it published is exactly what an uninterrupted run publishes
     resumed_scores = {k: v[:3] for k, v in published(conn).items()}

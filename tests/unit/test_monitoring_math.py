@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
@@ -66,6 +67,11 @@ def test_categorical_bins_hold_missing_and_unknown():
     assert counts.tolist() == [1, 1, 1, 2]
     assert drift.unknown_share(reference, counts) == pytest.approx(0.2)
     assert drift.missing_share(counts) == pytest.approx(0.2)
+    # A chunk's column as read (Arrow-backed strings), NaN in an object array, and all missing: same bins.
+    as_read = pd.Series(["a", None, "zzz", "b", "b"], dtype="str")
+    assert drift.count(reference, as_read).tolist() == [1, 1, 1, 2]
+    assert drift.count(reference, np.array(["b", np.nan], dtype=object)).tolist() == [1, 0, 0, 1]
+    assert drift.count(reference, np.array([None, None], dtype=object)).tolist() == [2, 0, 0, 0]
 
 
 def test_drift_statistics_are_zero_for_the_same_shape_and_large_for_a_shift():
