@@ -288,17 +288,18 @@ def _why_not_realized(spec: JobSpec, matured: bool) -> str:
     return "the job has no outcomes: a snapshot job needs sources.outcomes for realized performance"
 
 
-def _outcomes(spec: JobSpec):
-    """(query, params for a day) of the (key, label) pairs for a day, or None when the job has none."""
+def _outcomes(spec: JobSpec, source: str | None = None):
+    """(query, params for a day) of the (key, label) pairs for a day, or None when the job has none.
+    `source`: another outcomes SQL than the job's (bench/monitor.py compares two)."""
     horizon = spec.training.horizon_days
-    if spec.sources.outcomes:
+    if spec.sources.outcomes or source:
         # One row per outcome (performance.day_bins checks keys for duplicates); the window's bounds
         # are scalar subqueries, so PostgreSQL computes them once, not for each of millions of rows.
         query = sql.SQL(
             """select {key}, outcome::int as label from ({source}) as o
                where observed_at >= (select %(cutoff)s::timestamptz)
                  and observed_at < (select %(cutoff)s::timestamptz + %(horizon_days)s * interval '1 day')"""
-        ).format(key=sql.Identifier(spec.entity.key), source=sql.SQL(spec.sql("outcomes")))
+        ).format(key=sql.Identifier(spec.entity.key), source=sql.SQL(source or spec.sql("outcomes")))
     elif spec.history:
         query = sql.SQL(spec.sql("labels"))
     else:
