@@ -13,7 +13,12 @@ horizon + 1 days ago, so its outcomes (jobs/wide/outcomes.sql) have matured when
   in turn; the fastest of each; histograms_extra_share = with / without - 1. Seconds are the run's own
   (lock to publish, from its timings), with Prefect's local API started before the clock.
 - monitor: mlpipe.monitor.monitor() as of today in a fresh process: drift of the day from the counted
-  histograms, realized metrics by joining the day's rows to its outcomes inside PostgreSQL, estimates.
+  histograms, estimates from the score bins the chunks counted, realized metrics by merging the day's
+  rows with its outcomes (demo.wide_outcomes, keyed) inside PostgreSQL. monitor_breakdown_s: its parts
+  (drift, bins, join, judge, key_figures, from the monitor run's timings), then the day queries timed
+  again on their own: a scan of the day's scores (what the stored bins replace), reading the stored
+  bins, and the join to each outcome source (the narrow keyed table merged by index, as the monitor
+  does; the 30-column demo.wide hashed, as before). join_plan: the join's EXPLAIN, node names only.
   Peak RSS is the process's own (VmHWM); the database backend's peak private memory (USS, sampled)
   is given beside it when the server runs on this machine.
 - evidently: Evidently 0.7.23's DataDriftPreset, current = the N rows, reference = the 200k training
