@@ -13,7 +13,12 @@ horizon + 1 days ago, so its outcomes (jobs/wide/outcomes.sql) have matured when
   in turn; the fastest of each; histograms_extra_share = with / without - 1. Seconds are the run's own
   (lock to publish, from its timings), with Prefect's local API started before the clock.
 - monitor: mlpipe.monitor.monitor() as of today in a fresh process: drift of the day from the counted
-  histograms, realized metrics by joining the day's rows to its outcomes inside PostgreSQL, estimates.
+  histograms, estimates from the score bins the chunks counted, realized metrics by merging the day's
+  rows with its outcomes (demo.wide_outcomes, keyed) inside PostgreSQL. monitor_breakdown_s: its parts
+  (drift, bins, join, judge, key_figures, from the monitor run's timings), then the day queries timed
+  again on their own: a scan of the day's scores (what the stored bins replace), reading the stored
+  bins, and the join to each outcome source (the narrow keyed table merged by index, as the monitor
+  does; the 30-column demo.wide hashed, as before). join_plan: the join's EXPLAIN, node names only.
   Peak RSS is the process's own (VmHWM); the database backend's peak private memory (USS, sampled)
   is given beside it when the server runs on this machine.
 - evidently: Evidently 0.7.23's DataDriftPreset, current = the N rows, reference = the 200k training
@@ -43,6 +48,12 @@ from pathlib import Path
 EVIDENTLY = ("evidently==0.7.23", "pandas<3", "psycopg[binary]>=3.2,<4")
 FEATURES = [f"f{i:02d}" for i in range(1, 31)]
 BLOCK = 500_000
+MONITOR_PARTS = ("drift_s", "bins_s", "join_s", "judge_s", "key_figures_s")
+# The wide job's outcomes as they were read before demo.wide_outcomes: from the 30-column table.
+WIDE_OUTCOMES = (
+    "select entity_id, label as outcome, %(cutoff)s::timestamptz + interval '1 day' as observed_at "
+    "from demo.wide"
+)
 
 
 def default_cache() -> Path:
@@ -70,10 +81,19 @@ def worker_monitor(today: date, job: str) -> dict:
                where job = %s and matured and arm = 'champion'""",
             [job],
         ).fetchall()
-        breakdown = _monitor_breakdown(conn, spec, today - timedelta(days=spec.training.horizon_days + 1))
+        parts = conn.execute("select timings from mlpipe.runs where run_id = %s", [result.run_id]).fetchone()[
+            0
+        ]
+        day = today - timedelta(days=spec.training.horizon_days + 1)
+        breakdown = {
+            **{name.removesuffix("_s"): parts[name] for name in MONITOR_PARTS if name in parts},
+            **_monitor_breakdown(conn, spec, day),
+        }
+        plan = _join_plan(conn, spec, day)
     return {
         "seconds": seconds,
         "breakdown_s": breakdown,
+        "join_plan": plan,
         "peak_rss_mb": _peak_rss_mb(),
         "backend_peak_uss_mb": backend.peak_mb,
         "drift_days": len(result.drift_days),
@@ -84,22 +104,58 @@ def worker_monitor(today: date, job: str) -> dict:
 
 
 def _monitor_breakdown(conn, spec, day: date) -> dict:
-    """The monitor's day query timed again on its own (warm cache), without and with outcomes."""
+    """The monitor's day queries timed again on their own (warm cache): the scan of the day that the
+    stored bins replace, reading those bins, and the join to each outcome source (the narrow keyed
+    demo.wide_outcomes merged in key order, as the monitor does; the 30-column demo.wide hashed, as
+    before)."""
     from mlpipe import monitor, performance
 
-    query, params = monitor._outcomes(spec)
+    run_id = conn.execute(
+        "select run_id from mlpipe.partitions where job = %s and kind = 'published' and as_of = %s",
+        [spec.name, day],
+    ).fetchone()[0]
+    stored = performance.stored_bins(conn, spec, day, run_id)
+    narrow, params = monitor._outcomes(spec)
+    wide, _ = monitor._outcomes(spec, WIDE_OUTCOMES)
     timed = {}
     for name, work in (
-        ("scores_only", lambda: performance.day_bins(conn, spec, day)),
+        ("scan_scores_only", lambda: performance.day_bins(conn, spec, day)),
+        ("stored_bins", lambda: performance.stored_bins(conn, spec, day, run_id)),
         (
             "scores_and_outcomes",
-            lambda: performance.day_bins(conn, spec, day, "published", (query, params(day))),
+            lambda: performance.day_bins(
+                conn, spec, day, "published", (narrow, params(day)), stored, merge_join=True
+            ),
+        ),
+        (
+            "scores_and_wide_outcomes",
+            lambda: performance.day_bins(conn, spec, day, "published", (wide, params(day)), stored),
         ),
     ):
         started = time.perf_counter()
         work()
         timed[name] = round(time.perf_counter() - started, 3)
     return timed
+
+
+def _join_plan(conn, spec, day: date) -> list[str]:
+    """The plan of the monitor's join of the day to its outcomes (EXPLAIN, as the monitor sets it), node names
+    only: a Sort under the Merge Join would mean the outcomes' key has no index."""
+    from psycopg import sql
+
+    from mlpipe import monitor, performance
+
+    query, params = monitor._outcomes(spec)
+    plan = []
+    with conn.transaction():
+        for setting in performance.MERGE_JOIN_SETTINGS:
+            conn.execute(setting)
+        conn.execute(sql.SQL("set local work_mem = {}").format(sql.Literal(performance.WORK_MEM)))
+        explained = performance._day_query(spec, performance._day_table(conn, spec, day, "published"), query)
+        for (line,) in conn.execute(sql.SQL("explain ") + explained, {**params(day), "day": day}):
+            if "->" in line or not plan:
+                plan.append(line.strip().removeprefix("-> ").split("  (")[0])
+    return plan
 
 
 class BackendMemory:

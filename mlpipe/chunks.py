@@ -21,7 +21,7 @@ import pyarrow as pa
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
-from mlpipe import drift, publish, validate
+from mlpipe import drift, performance, publish, validate
 from mlpipe.copyio import copy_in_csv, copy_predictions
 from mlpipe.db import connection
 from mlpipe.errors import RunFailedError, SpecError
@@ -66,6 +66,7 @@ class ChunkResult:
     max_score: float | None = None
     missing: dict | None = None
     inputs: dict | None = None  # counts in the model's drift reference bins, the score's included
+    score_bins: dict | None = None  # the monitor's score bins (performance.count_bins); none with arms
 
 
 def spec_digest(spec: JobSpec) -> str:
@@ -178,6 +179,8 @@ def _summarize(ctx: RunContext, chunk: Chunk, rows: _CheckedRows, scores, second
         max_score=float(scores.max()) if len(scores) else None,
         missing=rows.missing,
         inputs=inputs,
+        # Per-arm rows would need per-arm bins: with a challenger or shadow the monitor scans the day.
+        score_bins=performance.count_bins(scores) if ctx.challenger is None else None,
     )
 
 
@@ -202,7 +205,7 @@ def _record(conn, ctx: RunContext, chunk: Chunk, result: ChunkResult) -> None:
     )
 
 
-_SUMMARY = ("histogram", "min_score", "max_score", "missing", "inputs")
+_SUMMARY = ("histogram", "min_score", "max_score", "missing", "inputs", "score_bins")
 
 
 def _renamed(summary: dict) -> dict:

@@ -1,8 +1,9 @@
--- demo.wide is a snapshot without event times: its label counts as observed the day after whichever
--- day was scored, so a scored day matures after the horizon (the monitor's ground truth in
--- bench/monitor.py). The monitor keeps the outcomes observed in [cutoff, cutoff + horizon).
+-- demo.wide_outcomes: each entity's label, as a narrow outcomes feed keyed by entity (built with
+-- demo.wide by mlpipe/demo/wide.py, observed 30 days ago by default, so the day bench/monitor.py scores
+-- has matured). Keyed and narrow, the monitor merges it with the day in key order through its primary
+-- key; without an index on the key the join would sort every outcome first.
 select
-    wide.entity_id,
-    wide.label as outcome,
-    %(cutoff)s::timestamptz + interval '1 day' as observed_at
-from demo.wide as wide
+    outcomes.entity_id,
+    outcomes.outcome,
+    outcomes.observed_at
+from demo.wide_outcomes as outcomes

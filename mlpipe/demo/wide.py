@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -12,10 +13,18 @@ from mlpipe.copyio import copy_in_binary
 
 FEATURES = [f"f{i:02d}" for i in range(1, 31)]
 BLOCK = 500_000
+OBSERVED_DAYS_AGO = 30
 
 
-def generate(conn: psycopg.Connection, rows: int, *, seed: int = 7) -> None:
-    """Replace demo.wide with `rows` entities; the label depends on a few features, non-linearly."""
+def generate(
+    conn: psycopg.Connection, rows: int, *, seed: int = 7, outcomes_observed_at: datetime | None = None
+) -> None:
+    """Replace demo.wide with `rows` entities; the label depends on a few features, non-linearly.
+    demo.wide_outcomes holds the same labels as outcomes (key, outcome, observed_at), narrow and keyed as
+    an outcomes feed would be: the monitor joins a day to it in key order. They count as observed at
+    `outcomes_observed_at`, by default OBSERVED_DAYS_AGO days ago, so that a day scored the job's horizon
+    (30 days) + 1 ago has matured with all of them (bench/monitor.py)."""
+    observed_at = outcomes_observed_at or datetime.now(UTC) - timedelta(days=OBSERVED_DAYS_AGO)
     columns = sql.SQL(", ").join(
         sql.SQL("{} double precision not null").format(sql.Identifier(name)) for name in FEATURES
     )
@@ -30,6 +39,16 @@ def generate(conn: psycopg.Connection, rows: int, *, seed: int = 7) -> None:
         copy_in_binary(conn, "copy demo.wide from stdin (format binary)", _blocks(rows, seed))
         conn.execute("alter table demo.wide add primary key (entity_id)")
         conn.execute("analyze demo.wide")
+        conn.execute("drop table if exists demo.wide_outcomes")
+        conn.execute(
+            """create table demo.wide_outcomes as
+               select entity_id, label as outcome, %s::timestamptz as observed_at
+               from demo.wide order by entity_id""",
+            [observed_at],
+        )
+        # The primary key is the index the monitor's merge join reads the outcomes in key order by.
+        conn.execute("alter table demo.wide_outcomes add primary key (entity_id)")
+        conn.execute("analyze demo.wide_outcomes")
 
 
 def _blocks(rows: int, seed: int) -> Iterator[np.ndarray]:

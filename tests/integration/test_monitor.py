@@ -8,12 +8,13 @@ from datetime import date, timedelta
 
 import numpy as np
 import pytest
+from psycopg import sql
 from sklearn.metrics import roc_auc_score
 
-from mlpipe import monitor
+from mlpipe import monitor, performance
 from mlpipe.settings import Settings
 from mlpipe.spec import load_job
-from tests.helpers import days_ago, run_cli, score
+from tests.helpers import TODAY, days_ago, run_cli, score
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -191,3 +192,98 @@ def test_a_model_from_before_reference_histograms_is_told_to_retrain(conn, caplo
         "predates drift reference histograms" in caplog.text
         and "retrain (`mlpipe train --job churn`)" in caplog.text
     )
+
+
+def test_numpy_score_bins_are_postgresqls_width_buckets(conn):
+    # Every bin edge (where float8 rounding decides), both ends, and random scores.
+    edges = np.arange(performance.SCORE_BINS + 1) / performance.SCORE_BINS
+    scores = np.concatenate([edges, np.nextafter(edges, 0), np.random.default_rng(5).random(20_000)])
+    scores = np.clip(scores, 0.0, 1.0)
+    in_postgresql = conn.execute(
+        """select least(width_bucket(s, 0, 1, %(bins)s), %(bins)s) - 1
+           from unnest(%(scores)s::float8[]) with ordinality as u(s, i) order by i""",
+        {"bins": performance.SCORE_BINS, "scores": scores.tolist()},
+    ).fetchall()
+    assert performance.bin_index(scores).tolist() == [r[0] for r in in_postgresql]
+
+
+def _same(got, want) -> bool:
+    """Equal, floats to 1e-9 (sums of the same scores in another order), through lists and dicts."""
+    if isinstance(want, float) and isinstance(got, float):
+        return got == pytest.approx(want, rel=1e-9)
+    if isinstance(want, list | tuple) and isinstance(got, list | tuple):
+        return len(got) == len(want) and all(_same(g, w) for g, w in zip(got, want, strict=True))
+    if isinstance(want, dict) and isinstance(got, dict):
+        return got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
+    return got == want
+
+
+def _performance_rows(conn) -> dict:
+    rows = conn.execute(
+        """select as_of, arm, n, positives, roc_auc, pr_auc, log_loss, brier, mean_score, estimated_roc_auc,
+                  unavailable, calibration
+           from mlpipe.performance where job = 'churn'"""
+    ).fetchall()
+    return {(r[0], r[1]): r[2:] for r in rows}
+
+
+def test_score_bins_counted_while_scoring_give_the_metrics_of_a_scan_of_the_day(conn):
+    matured, recent = days_ago(45), days_ago(2)
+    runs = {day: score("churn", day)["run_id"] for day in (matured, recent)}
+    spec = load_job("churn", Settings())
+    for day, run_id in runs.items():
+        stored = performance.stored_bins(conn, spec, day, run_id)
+        scanned, _ = performance.day_bins(conn, spec, day)
+        assert stored is not None and stored.keys() == scanned.keys()
+        for version, bins in stored.items():
+            assert bins.n.tolist() == scanned[version].n.tolist()
+            np.testing.assert_allclose(bins.score_sum, scanned[version].score_sum, rtol=1e-12, atol=1e-12)
+
+    monitor.monitor(conn, spec, TODAY)
+    from_bins = _performance_rows(conn)
+    # The same monitor without the stored bins (a run from before them) scans the days instead.
+    conn.execute("update mlpipe.run_chunks set summary = summary - 'score_bins'")
+    assert performance.stored_bins(conn, spec, recent, runs[recent]) is None
+    conn.execute("delete from mlpipe.performance")
+    monitor.monitor(conn, spec, TODAY)
+    from_scan = _performance_rows(conn)
+
+    assert from_bins.keys() == from_scan.keys() == {(matured, "champion"), (recent, "champion")}
+    for key, figures in from_bins.items():
+        assert _same(figures, from_scan[key]), (key, figures, from_scan[key])
+    assert from_bins[(matured, "champion")][2] is not None, "the matured day has a realized AUC"
+
+
+def test_a_runs_counts_give_the_anti_joins_entities_without_row(conn):
+    spec = load_job("churn", Settings())
+    population = sql.SQL(spec.sql("population"))
+    # Three active customers with a plan the job rejects: quarantined by today's run.
+    conn.execute(
+        sql.SQL(
+            """update demo.customers set plan = 'gold' where customer_id in (
+                   select customer_id from ({}) as p order by customer_id limit 3)"""
+        ).format(population),
+        {"as_of": TODAY},
+    )
+    run = score("churn", TODAY)
+    assert run["rows_quarantined"] == 3
+    first = conn.execute("select max(customer_id) + 1 from demo.customers").fetchone()[0]
+    conn.execute(  # signed up after the run: in the population as of now, not in the day
+        """insert into demo.customers (customer_id, signup_at, plan, country, is_marketing_opt_in)
+           select %s + g, now() - interval '1 second', 'basic', 'DE', false from generate_series(0, 4) g""",
+        [first],
+    )
+    day = conn.execute(
+        "select table_name from mlpipe.partitions where job = 'churn' and kind = 'published' and as_of = %s",
+        [TODAY],
+    ).fetchone()[0]
+    anti_join = conn.execute(
+        sql.SQL(
+            "select count(*) from ({population}) as p where p.customer_id is not null "
+            "and not exists (select from {day} as d where d.entity_id = p.customer_id)"
+        ).format(population=population, day=sql.Identifier("mlpipe_data", day)),
+        {"as_of": conn.execute("select now()").fetchone()[0]},
+    ).fetchone()[0]
+
+    assert anti_join == 3 + 5
+    assert monitor.entities_without_row(conn, spec, TODAY) == anti_join
