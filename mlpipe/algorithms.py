@@ -202,8 +202,11 @@ def _fit_xgboost(params: dict, data: FitInput) -> XGBoostModel:
         callbacks=[_deadline(data.deadline)],
         verbose_eval=False,
     )
-    if booster.best_iteration is not None and booster.best_iteration + 1 < booster.num_boosted_rounds():
-        booster = booster[: booster.best_iteration + 1]
+    # Unset when early stopping never recorded a round (no patience, or the deadline stopped boosting
+    # first); the best_iteration property then raises in XGBoost 3.
+    best = booster.attributes().get("best_iteration")
+    if best is not None and int(best) + 1 < booster.num_boosted_rounds():
+        booster = booster[: int(best) + 1]
     return XGBoostModel(columns=data.columns, booster=booster)
 
 

@@ -143,3 +143,26 @@ def test_a_chunks_key_range_reaches_every_table_it_reads(conn):
     for table in ("customers", "events", "payments"):
         ranged = [c for c in by_table[table] if re.search(low, c) and re.search(high, c)]
         assert ranged, f"demo.{table} is read without the chunk's key range: {by_table[table]}"
+
+
+def test_a_chunk_reads_events_and_payments_from_the_index_alone(conn):
+    # The demo world's covering indexes hold what the features count (kind, status), and the world is
+    # vacuumed once loaded: a chunk then reads no heap page of either table.
+    spec = load_job("churn", Settings())
+    day = days_ago(3)
+    _, chunks = plan_chunks(conn, spec, day, 300)
+    middle = chunks[len(chunks) // 2]
+    conn.execute("set enable_seqscan = off")  # the test world is small enough for a sequential scan
+
+    plan = conn.execute(
+        sql.SQL("explain (analyze, format json) {}").format(features_query(spec, middle)),
+        _params(day, middle),
+    ).fetchone()[0]
+
+    scans = _scans((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"])
+    for table in ("events", "payments"):
+        read = [scan for scan in scans if scan["Relation Name"] == table]
+        assert read, f"demo.{table} is not read"
+        for scan in read:
+            assert scan["Node Type"] == "Index Only Scan", f"demo.{table}: {scan['Node Type']}"
+            assert scan["Heap Fetches"] == 0, f"demo.{table}: {scan['Heap Fetches']} heap fetches"

@@ -65,3 +65,14 @@ def test_churners_fade_before_they_leave(conn):
            select sum(sessions_last_30d)::float / sum(sessions_earlier_30d) from last_month"""
     ).fetchone()[0]
     assert ratio < 0.8
+
+
+def test_chunk_reads_of_customers_and_cancellations_stay_serial(conn):
+    # parallel_workers = 0: a chunk's anti join runs in its own process (chunks run side by side).
+    options = dict(
+        conn.execute(
+            """select relname, reloptions from pg_class
+               where relnamespace = 'demo'::regnamespace and relname in ('customers', 'cancellations')"""
+        ).fetchall()
+    )
+    assert options == {"customers": ["parallel_workers=0"], "cancellations": ["parallel_workers=0"]}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from mlpipe.algorithms import ALGORITHMS
+from mlpipe.algorithms import ALGORITHMS, FitInput
 from mlpipe.candidates import configurations
 from mlpipe.spec import Candidate
 
@@ -46,3 +47,35 @@ def test_a_spec_names_only_algorithms_in_the_table():
     assert {Candidate(name="m", algorithm=name).algorithm for name in ALGORITHMS} == set(ALGORITHMS)
     with pytest.raises(ValueError, match="unknown algorithm 'lightgbm'; use one of logistic_regression"):
         Candidate(name="m", algorithm="lightgbm")
+
+
+def _fit_input(deadline: float) -> FitInput:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 2)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(scale=0.5, size=400) > 0).astype(np.float32)
+    return FitInput(
+        x_train=x[:300],
+        y_train=y[:300],
+        x_valid=x[300:],
+        y_valid=y[300:],
+        columns=["a", "b"],
+        seed=7,
+        monotone=[0, 0],
+        categorical=[False, False],
+        deadline=deadline,
+    )
+
+
+@pytest.mark.parametrize(
+    ("patience", "deadline", "rounds"),
+    [
+        (0, float("inf"), 5),  # no early stopping asked for: every round is kept
+        (40, 0.0, 1),  # the time budget ran out after the first round, before early stopping noted one
+    ],
+)
+def test_xgboost_fits_when_early_stopping_recorded_no_best_iteration(patience, deadline, rounds):
+    fit = ALGORITHMS["xgboost"].fit
+    params = {"max_depth": 2, "num_boost_round": 5, "early_stopping_rounds": patience}
+    model = fit(params, _fit_input(deadline))
+    assert model.booster.num_boosted_rounds() == rounds
+    assert model.predict_proba(_fit_input(deadline).x_valid).shape == (100,)
