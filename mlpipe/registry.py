@@ -36,6 +36,12 @@ class ModelVersion:
     training_window: dict
     calibration: dict | None = None
 
+    def verify(self) -> None:
+        """Refuse an artifact that is missing or changed since training, without loading it."""
+        from mlpipe import artifacts
+
+        artifacts.verified_bytes(self.artifact_uri, self.artifact_sha256)
+
     def load(self) -> ScoringModel:
         from mlpipe import artifacts
 

@@ -251,11 +251,13 @@ class ScoringRun:
             )
 
     def _check_model(self, model: ModelVersion, *, load: bool = True) -> None:
-        """Fail now, not in every chunk, if the artifact is missing or tampered with (unless `load` is
-        off: the run loads it in a thread, see `_load_models_ahead`), or if the spec's features no
-        longer match the ones the model was trained on."""
+        """Fail now, not in every chunk, if the artifact is missing or tampered with (its checksum;
+        with `load` off the run loads it in a thread, see `_load_models_ahead`), or if the spec's
+        features no longer match the ones the model was trained on."""
         if load:
             model.load()
+        else:
+            model.verify()  # before the run's row exists: a changed artifact leaves no trace
         if model.feature_schema["columns"] != matrix_columns(self.spec):
             raise SpecError(
                 self.spec.name,
