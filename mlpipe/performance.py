@@ -177,7 +177,7 @@ def day_bins(
     bounds = [None]
     if merge_join:
         bounds = _key_bounds(conn, spec, day, kind, JOIN_RANGES if ranges is None else ranges)
-    rows = _day_rows(conn, spec, day, history, source, params, merge_join, bounds)
+    rows = _day_rows(conn, spec, day, history, source, params, merge_join, bounds, stored is None)
     joined = sum(r[2] for r in rows)
     scored = _count(conn, history, day) if stored is None else int(sum(b.n.sum() for b in stored.values()))
     if joined > scored:
@@ -193,7 +193,7 @@ def day_bins(
         highest = sql.SQL("select {key}, max(label) as label from ({source}) as o group by 1").format(
             key=sql.Identifier(spec.entity.key), source=source
         )
-        rows = _day_rows(conn, spec, day, history, highest, params)
+        rows = _day_rows(conn, spec, day, history, highest, params, scored=stored is None)
     scored_bins = _collect([r[:4] for r in rows]) if stored is None else stored
     return scored_bins, _collect([(r[0], r[1], *r[4:]) for r in rows if r[4]])
 
@@ -211,12 +211,17 @@ def _key_bounds(conn: psycopg.Connection, spec: JobSpec, day: date, kind: str, r
            where p.job = %s and p.kind = %s and p.as_of = %s order by c.chunk_no""",
         [spec.name, kind, day],
     ).fetchall()
-    total = sum(n for _, n in chunks)
-    bounds, before = [None], 0
+    total, before, starts = sum(n for _, n in chunks), 0, []
     for key_lo, n in chunks:
-        if key_lo is not None and before >= total * len(bounds) / ranges and len(bounds) < ranges:
-            bounds.append(key_lo)
+        if key_lo is not None:
+            starts.append((before, key_lo))
         before += n
+    # For each cut, the chunk start nearest to its share of the rows.
+    bounds = [None]
+    for cut in range(1, ranges):
+        nearest = min(starts, key=lambda start: abs(start[0] - total * cut / ranges), default=None)
+        if nearest is not None and nearest[1] not in bounds:
+            bounds.append(nearest[1])
     return bounds
 
 
@@ -229,12 +234,14 @@ def _day_rows(
     params: dict,
     merge_join: bool = False,
     bounds: list | None = None,
+    scored: bool = True,
 ) -> list[tuple]:
     """(version, bin, n, score sum, with outcome, their score sum, positives, log-loss sum, Brier sum),
-    of each key range [bounds[i], bounds[i + 1]) on its own connection at once, the first on `conn`."""
+    of each key range [bounds[i], bounds[i + 1]) on its own connection at once, the first on `conn`.
+    Without `scored` the score sum of every row is left out (null): the stored bins have it."""
     bounds = bounds or [None]
     queries = [
-        (_day_query(spec, history, source, lo is not None, hi is not None), {"lo": lo, "hi": hi})
+        (_day_query(spec, history, source, lo is not None, hi is not None, scored), {"lo": lo, "hi": hi})
         for lo, hi in zip(bounds, [*bounds[1:], None], strict=True)
     ]
 
@@ -267,7 +274,12 @@ def _conninfo(conn: psycopg.Connection) -> str:
 
 
 def _day_query(
-    spec: JobSpec, history: sql.Identifier, source: sql.Composable, low: bool = False, high: bool = False
+    spec: JobSpec,
+    history: sql.Identifier,
+    source: sql.Composable,
+    low: bool = False,
+    high: bool = False,
+    scored: bool = True,
 ) -> sql.Composable:
     """The day left-joined to its outcomes, grouped into score bins per model version; `low`/`high`:
     only keys from %(lo)s / below %(hi)s, bound on both sides so that both index scans start and stop
@@ -283,7 +295,7 @@ def _day_query(
     return sql.SQL(
         """with outcomes as ({source})
            select h.model_version, least(width_bucket(h.score, 0, 1, {bins}), {bins}) as bin,
-                  count(*), sum(h.score), count(o.label), sum(h.score) filter (where o.label is not null),
+                  count(*), {score_sum}, count(o.label), sum(h.score) filter (where o.label is not null),
                   sum(o.label),
                   -sum(case when o.label = 1 then ln(greatest(h.score, {eps}))
                             when o.label = 0 then ln(greatest(1 - h.score, {eps}))
@@ -297,6 +309,7 @@ def _day_query(
         bins=sql.Literal(SCORE_BINS),
         eps=sql.Literal(_EPS),
         history=history,
+        score_sum=sql.SQL("sum(h.score)" if scored else "null::float8"),
         outcome_range=sql.SQL(" and ").join(outcome_range),
         day_range=sql.SQL(" and ").join(day_range),
     )
