@@ -201,8 +201,8 @@ def day_bins(
 def _key_bounds(conn: psycopg.Connection, spec: JobSpec, day: date, kind: str, ranges: int) -> list:
     """Up to `ranges` - 1 keys (as text) that cut the day into ranges of about equal rows: chunk starts
     of the run that wrote the day (its chunks are key ranges in key order), so nothing is read of the
-    day to find them. [None] (one range) when the run had fewer chunks. A top-up's rows fall in a range
-    like any other: the first range has no lower bound and the last no upper one."""
+    day to find them; fewer when the run had fewer chunks. A top-up's rows fall in a range like any
+    other: the first range has no lower bound and the last no upper one."""
     if ranges <= 1:
         return [None]
     chunks = conn.execute(
