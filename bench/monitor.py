@@ -18,9 +18,10 @@ horizon + 1 days ago, so its outcomes (jobs/wide/outcomes.sql) have matured when
   (drift, bins, join, judge, key_figures, from the monitor run's timings), then the day queries timed
   again on their own: a scan of the day's scores (what the stored bins replace), reading the stored
   bins, and the join to each outcome source (the narrow keyed table merged by index, as the monitor
-  does; the 30-column demo.wide hashed, as before). join_plan: the join's EXPLAIN, node names only.
-  Peak RSS is the process's own (VmHWM); the database backend's peak private memory (USS, sampled)
-  is given beside it when the server runs on this machine.
+  does: in key ranges at once, then as one range; the 30-column demo.wide hashed, as before).
+  join_plan: the join's EXPLAIN, node names only. Peak RSS is the process's own (VmHWM); the database
+  backend's peak private memory (USS, sampled: the monitor's own connection, not those of its other
+  key ranges) is given beside it when the server runs on this machine.
 - evidently: Evidently 0.7.23's DataDriftPreset, current = the N rows, reference = the 200k training
   rows, both read from PostgreSQL by binary COPY into one float64 frame each. Evidently 0.7.23 does not
   import with pandas 3, which the project uses, so it is never installed in the project's environment
@@ -106,8 +107,8 @@ def worker_monitor(today: date, job: str) -> dict:
 def _monitor_breakdown(conn, spec, day: date) -> dict:
     """The monitor's day queries timed again on their own (warm cache): the scan of the day that the
     stored bins replace, reading those bins, and the join to each outcome source (the narrow keyed
-    demo.wide_outcomes merged in key order, as the monitor does; the 30-column demo.wide hashed, as
-    before)."""
+    demo.wide_outcomes merged in key order, as the monitor does: in key ranges at once, then as one
+    range; the 30-column demo.wide hashed, as before)."""
     from mlpipe import monitor, performance
 
     run_id = conn.execute(
@@ -125,6 +126,12 @@ def _monitor_breakdown(conn, spec, day: date) -> dict:
             "scores_and_outcomes",
             lambda: performance.day_bins(
                 conn, spec, day, "published", (narrow, params(day)), stored, merge_join=True
+            ),
+        ),
+        (
+            "scores_and_outcomes_one_range",
+            lambda: performance.day_bins(
+                conn, spec, day, "published", (narrow, params(day)), stored, merge_join=True, ranges=1
             ),
         ),
         (

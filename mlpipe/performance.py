@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 
@@ -28,6 +29,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from mlpipe import db
 from mlpipe.calibration import Calibration
 from mlpipe.errors import SourceError
 from mlpipe.spec import JobSpec
@@ -44,6 +46,9 @@ MERGE_JOIN_SETTINGS = (
     "set local max_parallel_workers_per_gather = 0",
     "set local enable_nestloop = off",
 )
+# A matured day's merge join runs as this many key ranges at once, each on its own connection: the
+# cores PostgreSQL has here (one backend reads and groups about 1M joined rows a second).
+JOIN_RANGES = 2
 _EPS = 1e-15
 
 
@@ -150,12 +155,13 @@ def day_bins(
     outcomes: tuple[sql.Composable, dict] | None = None,
     stored: dict | None = None,
     merge_join: bool = False,
+    ranges: int | None = None,
 ) -> tuple[dict, dict]:
     """(model_version -> Bins of every scored row, model_version -> Bins of the rows with an outcome)
     of a published (or shadow) day, in one scan of it. `outcomes` is a (key, label) query, one row per
     outcome, and its parameters; without it the second dict is empty. `stored`: the day's bins as its
     runs counted them (stored_bins): without outcomes the day is not read at all. `merge_join`: join
-    in key order (see _aggregate).
+    in key order (see _aggregate), as `ranges` key ranges at once (default JOIN_RANGES; _key_bounds).
 
     Outcomes are joined as they come, one row per key assumed: grouping 10M outcomes by key first took
     most of the monitor's time (a hash aggregate per parallel worker). A key with several outcome rows
@@ -168,7 +174,10 @@ def day_bins(
         rows = _day_rows(conn, spec, day, history, _no_outcomes(spec), {})
         return _collect([r[:4] for r in rows]), {}
     source, params = outcomes
-    rows = _day_rows(conn, spec, day, history, source, params, merge_join)
+    bounds = [None]
+    if merge_join:
+        bounds = _key_bounds(conn, spec, day, kind, JOIN_RANGES if ranges is None else ranges)
+    rows = _day_rows(conn, spec, day, history, source, params, merge_join, bounds, stored is None)
     joined = sum(r[2] for r in rows)
     scored = _count(conn, history, day) if stored is None else int(sum(b.n.sum() for b in stored.values()))
     if joined > scored:
@@ -184,9 +193,36 @@ def day_bins(
         highest = sql.SQL("select {key}, max(label) as label from ({source}) as o group by 1").format(
             key=sql.Identifier(spec.entity.key), source=source
         )
-        rows = _day_rows(conn, spec, day, history, highest, params)
+        rows = _day_rows(conn, spec, day, history, highest, params, scored=stored is None)
     scored_bins = _collect([r[:4] for r in rows]) if stored is None else stored
     return scored_bins, _collect([(r[0], r[1], *r[4:]) for r in rows if r[4]])
+
+
+def _key_bounds(conn: psycopg.Connection, spec: JobSpec, day: date, kind: str, ranges: int) -> list:
+    """Up to `ranges` - 1 keys (as text) that cut the day into ranges of about equal rows: chunk starts
+    of the run that wrote the day (its chunks are key ranges in key order), so nothing is read of the
+    day to find them; fewer when the run had fewer chunks. A top-up's rows fall in a range like any
+    other: the first range has no lower bound and the last no upper one."""
+    if ranges <= 1:
+        return [None]
+    chunks = conn.execute(
+        """select c.key_lo, c.rows_scored from mlpipe.run_chunks c
+           join mlpipe.partitions p on p.run_id = c.run_id
+           where p.job = %s and p.kind = %s and p.as_of = %s order by c.chunk_no""",
+        [spec.name, kind, day],
+    ).fetchall()
+    total, before, starts = sum(n for _, n in chunks), 0, []
+    for key_lo, n in chunks:
+        if key_lo is not None:
+            starts.append((before, key_lo))
+        before += n
+    # For each cut, the chunk start nearest to its share of the rows.
+    bounds = [None]
+    for cut in range(1, ranges):
+        nearest = min(starts, key=lambda start: abs(start[0] - total * cut / ranges), default=None)
+        if nearest is not None and nearest[1] not in bounds:
+            bounds.append(nearest[1])
+    return bounds
 
 
 def _day_rows(
@@ -197,32 +233,85 @@ def _day_rows(
     source: sql.Composable,
     params: dict,
     merge_join: bool = False,
+    bounds: list | None = None,
+    scored: bool = True,
 ) -> list[tuple]:
-    """(version, bin, n, score sum, with outcome, their score sum, positives, log-loss sum, Brier sum)."""
-    query = _day_query(spec, history, source)
-    try:
-        return _aggregate(conn, query, {**params, "day": day}, merge_join)
-    except psycopg.errors.DataError as exc:  # e.g. a label that is not a number
-        raise SourceError(f"job {spec.name}: the outcomes of {day} could not be joined: {exc}") from exc
+    """(version, bin, n, score sum, with outcome, their score sum, positives, log-loss sum, Brier sum),
+    of each key range [bounds[i], bounds[i + 1]) on its own connection at once, the first on `conn`.
+    Without `scored` the score sum of every row is left out (null): the stored bins have it."""
+    bounds = bounds or [None]
+    queries = [
+        (_day_query(spec, history, source, lo is not None, hi is not None, scored), {"lo": lo, "hi": hi})
+        for lo, hi in zip(bounds, [*bounds[1:], None], strict=True)
+    ]
+
+    def run(connection: psycopg.Connection, query: sql.Composable, bound: dict) -> list[tuple]:
+        try:
+            return _aggregate(connection, query, {**params, **bound, "day": day}, merge_join)
+        except psycopg.errors.DataError as exc:  # e.g. a label that is not a number
+            raise SourceError(f"job {spec.name}: the outcomes of {day} could not be joined: {exc}") from exc
+
+    if len(queries) == 1:
+        return run(conn, *queries[0])
+
+    def elsewhere(query: sql.Composable, bound: dict) -> list[tuple]:
+        with db.connect(_conninfo(conn), autocommit=True, application_name="mlpipe-monitor") as other:
+            return run(other, query, bound)
+
+    with ThreadPoolExecutor(len(queries) - 1, thread_name_prefix="mlpipe-day-range") as pool:
+        others = [pool.submit(elsewhere, *q) for q in queries[1:]]
+        rows = run(conn, *queries[0])
+        for other in others:
+            rows.extend(other.result())
+    return rows
 
 
-def _day_query(spec: JobSpec, history: sql.Identifier, source: sql.Composable) -> sql.Composable:
+def _conninfo(conn: psycopg.Connection) -> str:
+    # info.dsn leaves the password out; the connection still knows the one it used.
+    password = conn.pgconn.password
+    extra = {"password": password.decode()} if password else {}
+    return psycopg.conninfo.make_conninfo(conn.info.dsn, **extra)
+
+
+def _day_query(
+    spec: JobSpec,
+    history: sql.Identifier,
+    source: sql.Composable,
+    low: bool = False,
+    high: bool = False,
+    scored: bool = True,
+) -> sql.Composable:
+    """The day left-joined to its outcomes, grouped into score bins per model version; `low`/`high`:
+    only keys from %(lo)s / below %(hi)s, bound on both sides so that both index scans start and stop
+    there (compared as each key column's collation orders it). Log loss takes one ln per row with a
+    0/1 label, none without an outcome (ln's arguments are computed even when the label is null)."""
+    key = sql.Identifier(spec.entity.key)
+    key_type = sql.SQL(spec.entity.type)  # bigint or text: validated by the spec
+    day_range, outcome_range = [sql.SQL("h.as_of = %(day)s")], [sql.SQL("o.{} = h.entity_id").format(key)]
+    for present, bound in ((low, "{} >= %(lo)s::{}"), (high, "{} < %(hi)s::{}")):
+        if present:
+            day_range.append(sql.SQL(bound).format(sql.SQL("h.entity_id"), key_type))
+            outcome_range.append(sql.SQL(bound).format(sql.SQL("o.{}").format(key), key_type))
     return sql.SQL(
         """with outcomes as ({source})
            select h.model_version, least(width_bucket(h.score, 0, 1, {bins}), {bins}) as bin,
-                  count(*), sum(h.score), count(o.label), sum(h.score) filter (where o.label is not null),
+                  count(*), {score_sum}, count(o.label), sum(h.score) filter (where o.label is not null),
                   sum(o.label),
-                  -sum(o.label * ln(greatest(h.score, {eps}))
-                       + (1 - o.label) * ln(greatest(1 - h.score, {eps}))),
-                  sum((h.score - o.label) ^ 2)
-           from {history} as h left join outcomes as o on o.{key} = h.entity_id
-           where h.as_of = %(day)s group by 1, 2"""
+                  -sum(case when o.label = 1 then ln(greatest(h.score, {eps}))
+                            when o.label = 0 then ln(greatest(1 - h.score, {eps}))
+                            when o.label is not null then o.label * ln(greatest(h.score, {eps}))
+                                 + (1 - o.label) * ln(greatest(1 - h.score, {eps})) end),
+                  sum((h.score - o.label) * (h.score - o.label))
+           from {history} as h left join outcomes as o on {outcome_range}
+           where {day_range} group by 1, 2"""
     ).format(
         source=source,
         bins=sql.Literal(SCORE_BINS),
         eps=sql.Literal(_EPS),
         history=history,
-        key=sql.Identifier(spec.entity.key),
+        score_sum=sql.SQL("sum(h.score)" if scored else "null::float8"),
+        outcome_range=sql.SQL(" and ").join(outcome_range),
+        day_range=sql.SQL(" and ").join(day_range),
     )
 
 

@@ -159,6 +159,54 @@ def test_several_outcomes_for_a_key_are_detected_said_and_the_highest_counts(con
     assert any(f"{scored[0]} more rows than the {scored[0]} entities" in m for m in caplog.messages)
 
 
+def test_a_day_joined_as_key_ranges_at_once_gives_the_figures_of_one_join(conn, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLPIPE_CHUNK_ROWS", "300")  # several chunks, whose starts cut the ranges
+    day = days_ago(40)
+    run_id = score("churn", day)["run_id"]
+    # Outcomes for most customers (every seventh has none), cancellations in the window positive.
+    spec = _churn_with_outcomes(
+        tmp_path,
+        "select c.customer_id, exists (select from demo.cancellations x where x.customer_id = c.customer_id "
+        "and x.canceled_at >= %(cutoff)s::timestamptz)::int as outcome, %(cutoff)s::timestamptz as "
+        "observed_at from demo.customers c where c.customer_id %% 7 <> 3",
+    )
+    query, params = monitor._outcomes(spec)
+    stored = performance.stored_bins(conn, spec, day, run_id)
+    bounds = performance._key_bounds(conn, spec, day, "published", 3)
+    assert len(bounds) == 3 and bounds[0] is None, bounds
+
+    def joined(ranges: int) -> dict:
+        scored, realized = performance.day_bins(
+            conn, spec, day, "published", (query, params(day)), stored, merge_join=True, ranges=ranges
+        )
+        assert scored is stored
+        return realized
+
+    one, three = joined(1), joined(3)
+    assert one.keys() == three.keys() and one
+    for version, bins in one.items():
+        split = three[version]
+        assert 0 < bins.positives.sum() < bins.n.sum() < stored[version].n.sum()
+        assert split.n.tolist() == bins.n.tolist() and split.positives.tolist() == bins.positives.tolist()
+        np.testing.assert_allclose(split.score_sum, bins.score_sum, rtol=1e-12, atol=1e-12)
+        assert split.log_loss_sum == pytest.approx(bins.log_loss_sum, rel=1e-9)
+        assert split.brier_sum == pytest.approx(bins.brier_sum, rel=1e-9)
+        # Log loss and Brier against their definitions on the pairs read here.
+        rows = conn.execute(
+            sql.SQL(
+                "select h.score, o.label from predictions.churn_history h join ({}) o "
+                "on o.customer_id = h.entity_id where h.as_of = %(cutoff)s"
+            ).format(query),
+            params(day),
+        ).fetchall()
+        scores, labels = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+        assert len(rows) == bins.n.sum()
+        assert split.log_loss_sum == pytest.approx(
+            -np.sum(labels * np.log(scores) + (1 - labels) * np.log(1 - scores)), rel=1e-9
+        )
+        assert split.brier_sum == pytest.approx(np.sum((scores - labels) ** 2), rel=1e-9)
+
+
 def test_a_snapshot_job_gets_drift_and_estimates_but_no_realized_figures(conn):
     score("titanic", days_ago(40))
     monitor.monitor(conn, load_job("titanic", Settings()), date.today())
