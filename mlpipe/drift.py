@@ -54,12 +54,16 @@ def count(reference: dict, values) -> np.ndarray:
         return _count_categories(reference["categories"], values)
     edges = np.asarray(reference["edges"], dtype=np.float64)
     values = np.asarray(values)
-    # np.histogram (measured 2-4x faster than searchsorted + bincount here) closes only its last bin;
-    # the top edge must close the last inner bin, so that bin ends just past it: "above" is > top.
-    bounds = np.concatenate([[-np.inf], edges[:-1], [np.nextafter(edges[-1], np.inf)], [np.inf]])
+    # The inner bins are [edge, next edge), the last one closed; "above" is > the top edge. A count of
+    # values below each bound per bound (a dozen vectorized compares, no sort) is ~2x faster than
+    # np.histogram, which sorts every chunk's column for uneven bins. NaN is below no bound.
+    bounds = np.append(edges[:-1], np.nextafter(edges[-1], np.inf))
+    below = np.array([np.count_nonzero(values < bound) for bound in bounds], dtype=np.int64)
     counts = np.empty(len(edges) + 2, dtype=np.int64)
-    counts[MISSING] = np.count_nonzero(np.isnan(values))  # NaN falls in no bin of np.histogram
-    counts[MISSING + 1 :] = np.histogram(values, bins=bounds)[0]
+    counts[MISSING] = np.count_nonzero(np.isnan(values))
+    counts[MISSING + 1] = below[0]
+    counts[MISSING + 2 : -1] = np.diff(below)
+    counts[-1] = len(values) - counts[MISSING] - below[-1]
     return counts
 
 

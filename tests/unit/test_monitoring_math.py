@@ -61,6 +61,22 @@ def test_numeric_bins_hold_missing_below_inner_and_above():
     assert sum(reference["counts"]) == 100 and len(reference["counts"]) == drift.size(reference)
 
 
+def test_numeric_counts_match_half_open_bins_with_a_closed_last_one():
+    rng = np.random.default_rng(3)
+    reference = drift.numeric_reference(rng.normal(size=5000))
+    edges = np.asarray(reference["edges"])
+    # Values on every edge, between them, out of range on both sides, infinite, missing, in a strided
+    # column as a row-major chunk matrix holds them.
+    values = np.concatenate([edges, rng.normal(size=2000) * 2, [np.inf, -np.inf, np.nan, np.nan]])
+    column = np.stack([values, values], axis=1)[:, 0]
+    expected = [np.isnan(values).sum(), (values < edges[0]).sum()]
+    expected += [
+        ((values >= lo) & (values < hi)).sum() for lo, hi in zip(edges[:-2], edges[1:-1], strict=True)
+    ]
+    expected += [((values >= edges[-2]) & (values <= edges[-1])).sum(), (values > edges[-1]).sum()]
+    assert drift.count(reference, column).tolist() == [int(e) for e in expected]
+
+
 def test_categorical_bins_hold_missing_and_unknown():
     reference = drift.categorical_reference(np.array(["a", "b", "a"], dtype=object), ["a", "b"])
     counts = drift.count(reference, np.array(["a", None, "zzz", "b", "b"], dtype=object))
