@@ -17,6 +17,8 @@ import pyarrow.csv as pacsv
 from adbc_driver_manager._reader import AdbcRecordBatchReader
 from psycopg import sql
 
+from mlpipe.db import conninfo_of
+
 # PostgreSQL's binary COPY format: a signature, flags and header extension length (both 0), then the
 # rows (each a field count, then each field's length and bytes), then a field count of -1.
 BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -72,8 +74,7 @@ def preload_reader(conn: psycopg.Connection) -> None:
 
 
 def _database(conn: psycopg.Connection) -> adbc_driver_manager.AdbcDatabase:
-    options = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val}
-    dsn = psycopg.conninfo.make_conninfo(**options)
+    dsn = conninfo_of(conn)
     with _databases_lock:
         if dsn not in _databases:
             _databases[dsn] = adbc_driver_postgresql.connect(dsn)

@@ -104,6 +104,13 @@ def connect(url: str, *, autocommit: bool = False, application_name: str = "mlpi
         raise DatabaseError(f"cannot connect to PostgreSQL ({_redact(url)}): {exc}".strip()) from exc
 
 
+def conninfo_of(conn: psycopg.Connection) -> str:
+    """The connection string an open connection was made with, password included (info.dsn leaves it
+    out): for another connection like it, never for a log line."""
+    options = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val}
+    return psycopg.conninfo.make_conninfo(**options)
+
+
 @contextmanager
 def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
     """A connection closed on exit (committed on success when not autocommit)."""

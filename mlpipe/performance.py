@@ -262,7 +262,7 @@ def _day_rows(
         return run(conn, *queries[0])
 
     def elsewhere(query: sql.Composable, bound: dict) -> list[tuple]:
-        with db.connect(_conninfo(conn), autocommit=True, application_name="mlpipe-monitor") as other:
+        with db.connect(db.conninfo_of(conn), autocommit=True, application_name="mlpipe-monitor") as other:
             return run(other, query, bound)
 
     with ThreadPoolExecutor(len(queries) - 1, thread_name_prefix="mlpipe-day-range") as pool:
@@ -271,13 +271,6 @@ def _day_rows(
         for other in others:
             rows.extend(other.result())
     return rows
-
-
-def _conninfo(conn: psycopg.Connection) -> str:
-    # info.dsn leaves the password out; the connection still knows the one it used.
-    password = conn.pgconn.password
-    extra = {"password": password.decode()} if password else {}
-    return psycopg.conninfo.make_conninfo(conn.info.dsn, **extra)
 
 
 def _day_query(
